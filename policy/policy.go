@@ -64,19 +64,30 @@ func Default() Policy {
 }
 
 // Validate reports the first rule that makes p unusable, naming the key as it
-// is written in the configuration file.
+// is written in the configuration file. Durations set in code may have a
+// fraction of a second (fast tests), but none may be negative.
 func (p Policy) Validate() error {
+	for _, c := range []struct {
+		key      string
+		d        Duration
+		required bool
+	}{
+		{"lifetime", p.Lifetime, true},
+		{"reminders.first", p.Reminders.First, true},
+		{"reminders.every", p.Reminders.Every, true},
+		{"reminders.final", p.Reminders.Final, false},
+		{"reminders.final_every", p.Reminders.FinalEvery, true},
+		{"rekey_after", p.RekeyAfter, false},
+		{"enrollment.code_ttl", p.Enrollment.CodeTTL, true},
+	} {
+		switch {
+		case c.d.Months < 0 || c.d.Fixed < 0:
+			return fmt.Errorf("%s: %s is negative; write a duration such as 14d", c.key, c.d)
+		case c.required && c.d.IsZero():
+			return fmt.Errorf("%s: must be longer than zero; write a duration such as 14d", c.key)
+		}
+	}
 	switch {
-	case p.Lifetime.IsZero():
-		return fmt.Errorf("lifetime: must be longer than zero")
-	case p.Reminders.First.IsZero():
-		return fmt.Errorf("reminders.first: must be longer than zero")
-	case p.Reminders.Every.IsZero():
-		return fmt.Errorf("reminders.every: must be longer than zero")
-	case p.Reminders.FinalEvery.IsZero():
-		return fmt.Errorf("reminders.final_every: must be longer than zero")
-	case p.Enrollment.CodeTTL.IsZero():
-		return fmt.Errorf("enrollment.code_ttl: must be longer than zero")
 	case p.Enrollment.MaxAttempts < 1:
 		return fmt.Errorf("enrollment.max_attempts: %d must be at least 1", p.Enrollment.MaxAttempts)
 	case len(p.Keys) == 0:
@@ -86,8 +97,12 @@ func (p Policy) Validate() error {
 	// durations can depend on the start date only by a few days, which does not
 	// matter for a sanity check.
 	ref := referenceTime
-	if !p.Reminders.First.AddTo(ref).Before(p.Lifetime.AddTo(ref)) {
+	end := p.Lifetime.AddTo(ref)
+	if !p.Reminders.First.AddTo(ref).Before(end) {
 		return fmt.Errorf("reminders.first: %s must be shorter than lifetime %s", p.Reminders.First, p.Lifetime)
+	}
+	if !p.Reminders.Final.AddTo(ref).Before(end) {
+		return fmt.Errorf("reminders.final: %s must be shorter than lifetime %s", p.Reminders.Final, p.Lifetime)
 	}
 	for _, k := range p.Keys {
 		if !k.Known() {
@@ -123,10 +138,18 @@ type Set struct {
 	Domains map[string]Policy
 }
 
-// For returns the policy that governs domain (compared case-insensitively).
+// For returns the policy that governs domain, compared case-insensitively
+// (DNS names are), falling back to the default.
 func (s Set) For(domain string) Policy {
 	if p, ok := s.Domains[strings.ToLower(domain)]; ok {
 		return p
+	}
+	// The map may have been built with mixed-case keys; a short scan still
+	// finds them, and a handful of domains makes it cheap.
+	for d, p := range s.Domains {
+		if strings.EqualFold(d, domain) {
+			return p
+		}
 	}
 	return s.Default
 }

@@ -1,0 +1,212 @@
+package kms
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+	_ "modernc.org/sqlite"             // database/sql driver "sqlite", pure Go
+)
+
+//go:embed migrations
+var migrations embed.FS
+
+// Store is the SQL store of kms. One code path serves SQLite and PostgreSQL;
+// what differs between them lives in dialect.
+type Store struct {
+	db      *sql.DB
+	dialect dialect
+}
+
+// dialect holds the few things that differ between the two databases. The
+// queries themselves are portable: $N placeholders (SQLite accepts them),
+// BIGINT millisecond times, RETURNING, partial indexes.
+type dialect struct {
+	name string
+	// lockRow is appended to a SELECT that reads a row the transaction will
+	// change. PostgreSQL needs FOR UPDATE; SQLite transactions start with
+	// BEGIN IMMEDIATE (the _txlock DSN option) and so already hold the one
+	// write lock.
+	lockRow string
+	// migrationLock serialises migrations between daemons starting at once.
+	migrationLock string
+}
+
+var (
+	sqliteDialect   = dialect{name: "sqlite"}
+	postgresDialect = dialect{name: "postgres", lockRow: " FOR UPDATE", migrationLock: "SELECT pg_advisory_xact_lock(7215001)"}
+)
+
+// OpenStore opens the database named by driver ("sqlite" or "postgres") and
+// dsn, and applies pending migrations. For SQLite the dsn is a file path; the
+// directory is created if needed.
+func OpenStore(ctx context.Context, driver, dsn string) (*Store, error) {
+	var (
+		db  *sql.DB
+		d   dialect
+		err error
+	)
+	switch driver {
+	case "sqlite", "":
+		d = sqliteDialect
+		db, err = openSQLite(dsn)
+	case "postgres":
+		d = postgresDialect
+		db, err = sql.Open("pgx", dsn)
+		if err == nil {
+			db.SetMaxOpenConns(16)
+		}
+	default:
+		return nil, fmt.Errorf("store: unknown driver %q (use sqlite or postgres)", driver)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", driver, err)
+	}
+	s := &Store{db: db, dialect: d}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: connect to %s: %w", driver, err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// openSQLite opens a SQLite file with the settings kms relies on: WAL so that
+// readers do not block the writer, synchronous=FULL so that a commit is on
+// disk before the SMTP 250 or the admin's answer, foreign keys on, a busy
+// timeout, and IMMEDIATE transactions so that a writer takes the lock at
+// BEGIN instead of failing at its first write.
+func openSQLite(path string) (*sql.DB, error) {
+	if path == "" {
+		return nil, errors.New("empty path")
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)", "busy_timeout(10000)"} {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, err
+	}
+	// One writer at a time is SQLite's model; more connections only help readers.
+	db.SetMaxOpenConns(4)
+	return db, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Driver names the database in use, for logs and metrics.
+func (s *Store) Driver() string { return s.dialect.name }
+
+// migrate applies, in order and each in its own transaction, the embedded
+// migrations the database has not seen.
+func (s *Store) migrate(ctx context.Context) error {
+	dir := "migrations/" + s.dialect.name
+	entries, err := fs.ReadDir(migrations, dir)
+	if err != nil {
+		return fmt.Errorf("store: migrations: %w", err)
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Name() < entries[j].Name() })
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if s.dialect.migrationLock != "" {
+			if _, err := tx.ExecContext(ctx, s.dialect.migrationLock); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+			return fmt.Errorf("store: schema_migrations: %w", err)
+		}
+		for _, e := range entries {
+			version, err := strconv.Atoi(strings.SplitN(e.Name(), "_", 2)[0])
+			if err != nil {
+				return fmt.Errorf("store: migration file %s: name must start with a number", e.Name())
+			}
+			var n int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = $1`, version).Scan(&n); err != nil {
+				return err
+			}
+			if n > 0 {
+				continue
+			}
+			body, err := fs.ReadFile(migrations, dir+"/"+e.Name())
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+				return fmt.Errorf("store: migration %s: %w", e.Name(), err)
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)`, version, time.Now().UnixMilli()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// SchemaVersion returns the newest migration applied.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v sql.NullInt64
+	err := s.db.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations`).Scan(&v)
+	return int(v.Int64), err
+}
+
+// tx runs fn in one transaction, committing when fn returns nil. On
+// PostgreSQL a serialization failure is retried a few times.
+func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	for attempt := 0; ; attempt++ {
+		tx, err := s.db.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("store: begin: %w", err)
+		}
+		if err := fn(tx); err != nil {
+			tx.Rollback()
+			if attempt < 3 && isRetryable(err) {
+				continue
+			}
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			if attempt < 3 && isRetryable(err) {
+				continue
+			}
+			return fmt.Errorf("store: commit: %w", err)
+		}
+		return nil
+	}
+}
+
+// isRetryable reports PostgreSQL serialization failures and deadlocks.
+func isRetryable(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "SQLSTATE 40001") || strings.Contains(msg, "SQLSTATE 40P01")
+}
+
+// isUniqueViolation reports a unique-constraint violation in either database.
+func isUniqueViolation(err error) bool {
+	if err == nil {
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "UNIQUE constraint failed") || strings.Contains(msg, "SQLSTATE 23505")
+}

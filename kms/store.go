@@ -41,11 +41,15 @@ type dialect struct {
 	lockRow string
 	// migrationLock serialises migrations between daemons starting at once.
 	migrationLock string
+	// skipLocked lets daemons sharing a PostgreSQL database claim different
+	// queue rows instead of queueing behind each other's locks.
+	skipLocked string
 }
 
 var (
 	sqliteDialect   = dialect{name: "sqlite"}
-	postgresDialect = dialect{name: "postgres", lockRow: " FOR UPDATE", migrationLock: "SELECT pg_advisory_xact_lock(7215001)"}
+	postgresDialect = dialect{name: "postgres", lockRow: " FOR UPDATE", migrationLock: "SELECT pg_advisory_xact_lock(7215001)",
+		skipLocked: " FOR UPDATE SKIP LOCKED"}
 )
 
 // OpenStore opens the database named by driver ("sqlite" or "postgres") and

@@ -1,0 +1,181 @@
+package kms
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// This file is the store side of the two mail queues: inbound messages,
+// committed before the SMTP 250 and processed by workers afterwards, and the
+// outbox, written with the state changes that cause mail. Both are claimed
+// with a lease: a worker that dies leaves its rows to be claimed again when
+// the lease runs out, so processing is at least once, and the effects are
+// made exactly once by finishing the row in the same transaction as the
+// effect (see Request.InboundID).
+
+// Inbound is one received message waiting to be processed.
+type Inbound struct {
+	ID         int64
+	MailFrom   string
+	RemoteAddr string
+	Raw        []byte
+	ReceivedAt time.Time
+	Attempts   int
+}
+
+// AcceptInbound stores a received message durably. It reports duplicate when
+// the same bytes were accepted before (a client retrying after a lost 250),
+// in which case nothing new is stored.
+func (s *Store) AcceptInbound(ctx context.Context, raw []byte, mailFrom, remoteAddr string, now time.Time) (id int64, duplicate bool, err error) {
+	digest := sha256.Sum256(raw)
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		err := tx.QueryRowContext(ctx, `SELECT id FROM inbound WHERE digest = $1`, digest[:]).Scan(&id)
+		if err == nil {
+			duplicate = true
+			return nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		return tx.QueryRowContext(ctx, `INSERT INTO inbound (digest, mail_from, remote_addr, raw, state, received_at, next_attempt_at)
+			VALUES ($1, $2, $3, $4, 'pending', $5, $5) RETURNING id`, digest[:], mailFrom, remoteAddr, raw, ms(now)).Scan(&id)
+	})
+	return id, duplicate, err
+}
+
+// ClaimInbound leases up to limit pending messages for lease.
+func (s *Store) ClaimInbound(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]Inbound, error) {
+	var out []Inbound
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `UPDATE inbound SET claimed_until = $1, attempts = attempts + 1
+			WHERE claimed_until <= $2 AND id IN (SELECT id FROM inbound WHERE state = 'pending' AND next_attempt_at <= $2
+				AND claimed_until <= $2 ORDER BY id LIMIT $3`+s.dialect.skipLocked+`)
+			RETURNING id, mail_from, remote_addr, raw, received_at, attempts`, ms(now.Add(lease)), ms(now), limit)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		out = out[:0]
+		for rows.Next() {
+			var (
+				m  Inbound
+				at int64
+			)
+			if err := rows.Scan(&m.ID, &m.MailFrom, &m.RemoteAddr, &m.Raw, &at, &m.Attempts); err != nil {
+				return err
+			}
+			m.ReceivedAt = fromMS(at)
+			out = append(out, m)
+		}
+		return rows.Err()
+	})
+	return out, err
+}
+
+// InboundState is the outcome of processing a received message.
+type InboundState string
+
+// Inbound outcomes.
+const (
+	InboundDone    InboundState = "done"    // a certificate was issued
+	InboundRefused InboundState = "refused" // refused (rejection mailed to a known user) or dropped
+	InboundFailed  InboundState = "failed"  // could not be processed after retries; kept for an administrator
+)
+
+// finishInbound closes an inbound row inside tx; it fails with ErrConflict
+// if another worker finished it first, which rolls back the duplicate effect.
+func finishInbound(ctx context.Context, tx *sql.Tx, id int64, state InboundState, outcome string, now time.Time) error {
+	if id == 0 {
+		return nil
+	}
+	res, err := tx.ExecContext(ctx, `UPDATE inbound SET state = $1, outcome = $2, processed_at = $3 WHERE id = $4 AND state = 'pending'`,
+		string(state), outcome, ms(now), id)
+	return oneRow(res, err, fmt.Sprintf("inbound message %d already processed", id))
+}
+
+// FinishInbound closes an inbound row whose processing has no other effect
+// (a dropped message).
+func (s *Store) FinishInbound(ctx context.Context, id int64, state InboundState, outcome string, now time.Time) error {
+	return s.tx(ctx, func(tx *sql.Tx) error { return finishInbound(ctx, tx, id, state, outcome, now) })
+}
+
+// RetryInbound releases a claimed message for another attempt at next.
+func (s *Store) RetryInbound(ctx context.Context, id int64, next time.Time, why string) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE inbound SET claimed_until = 0, next_attempt_at = $1, outcome = $2 WHERE id = $3 AND state = 'pending'`,
+		ms(next), why, id)
+	return err
+}
+
+// OutboxMessage is one queued mail as the delivery worker sees it.
+type OutboxMessage struct {
+	ID        int64
+	Kind      OutboxKind
+	To        string
+	MessageID string
+	InReplyTo string
+	Payload   OutboxPayload
+	Attempts  int
+	CreatedAt time.Time
+}
+
+// ClaimOutbox leases up to limit mails that are due.
+func (s *Store) ClaimOutbox(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]OutboxMessage, error) {
+	var out []OutboxMessage
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `UPDATE outbox SET claimed_until = $1, attempts = attempts + 1
+			WHERE claimed_until <= $2 AND id IN (SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= $2
+				AND claimed_until <= $2 ORDER BY next_attempt_at, id LIMIT $3`+s.dialect.skipLocked+`)
+			RETURNING id, kind, recipient, message_id, in_reply_to, payload, attempts, created_at`, ms(now.Add(lease)), ms(now), limit)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		out = out[:0]
+		for rows.Next() {
+			var (
+				m       OutboxMessage
+				kind    string
+				payload string
+				created int64
+			)
+			if err := rows.Scan(&m.ID, &kind, &m.To, &m.MessageID, &m.InReplyTo, &payload, &m.Attempts, &created); err != nil {
+				return err
+			}
+			m.Kind, m.CreatedAt = OutboxKind(kind), fromMS(created)
+			if err := json.Unmarshal([]byte(payload), &m.Payload); err != nil {
+				return fmt.Errorf("outbox %d: payload: %w", m.ID, err)
+			}
+			out = append(out, m)
+		}
+		return rows.Err()
+	})
+	return out, err
+}
+
+// MarkSent records a delivered mail.
+func (s *Store) MarkSent(ctx context.Context, id int64, now time.Time) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE outbox SET state = 'sent', sent_at = $1, last_error = '' WHERE id = $2`, ms(now), id)
+	return err
+}
+
+// RetryOutbox schedules another delivery attempt at next.
+func (s *Store) RetryOutbox(ctx context.Context, id int64, next time.Time, why string) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE outbox SET claimed_until = 0, next_attempt_at = $1, last_error = $2 WHERE id = $3 AND state = 'pending'`,
+		ms(next), why, id)
+	return err
+}
+
+// FailOutbox gives a mail up (a permanent 5xx, or retries exhausted).
+func (s *Store) FailOutbox(ctx context.Context, id int64, why string, now time.Time) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE outbox SET state = 'failed', last_error = $1 WHERE id = $2`, why, id); err != nil {
+			return err
+		}
+		return insertAudit(ctx, tx, auditEntry{Actor: "system", Action: "mail-failed", Detail: fmt.Sprintf("outbox %d: %s", id, why)}, now)
+	})
+}

@@ -179,3 +179,29 @@ func (s *Store) FailOutbox(ctx context.Context, id int64, why string, now time.T
 		return insertAudit(ctx, tx, auditEntry{Actor: "system", Action: "mail-failed", Detail: fmt.Sprintf("outbox %d: %s", id, why)}, now)
 	})
 }
+
+// Reply is a mail that answers a refused request.
+type Reply struct {
+	Kind      OutboxKind // MailRejection or MailLapse
+	To        string     // the address on record, never the request's From
+	InReplyTo string
+	Payload   OutboxPayload
+}
+
+// RefuseInbound closes a received message that was refused, queueing reply
+// (nil for a message dropped without answer, SPEC 4: no backscatter) in the
+// same transaction, so a crash cannot send the rejection twice.
+func (s *Service) RefuseInbound(ctx context.Context, id int64, reply *Reply, outcome string) error {
+	now := s.clock.Now()
+	return s.store.tx(ctx, func(tx *sql.Tx) error {
+		if err := finishInbound(ctx, tx, id, InboundRefused, outcome, now); err != nil {
+			return err
+		}
+		if reply == nil {
+			return nil
+		}
+		_, err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: reply.Kind, To: reply.To, InReplyTo: reply.InReplyTo,
+			Payload: reply.Payload}, s.msgDom, now)
+		return err
+	})
+}

@@ -195,6 +195,10 @@ type Request struct {
 	MessageID       string
 	Subject         string
 	SignatureDigest []byte // empty for unsigned enrollment requests
+	// InboundID is the received message being answered; the operation
+	// closes it in its own transaction, so a worker that crashes after the
+	// commit cannot act on the message a second time.
+	InboundID int64
 }
 
 // EnrollByCode redeems a one-time code: the invited user's first
@@ -428,6 +432,9 @@ func (s *Service) recordIssue(ctx context.Context, tx *sql.Tx, row *certRow, op 
 			}
 			return err
 		}
+	}
+	if err := finishInbound(ctx, tx, req.InboundID, InboundDone, op+" "+row.Serial, now); err != nil {
+		return err
 	}
 	if _, err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailCertificate, To: row.Email, InReplyTo: req.MessageID,
 		Payload: OutboxPayload{Email: row.Email, Serial: row.Serial, NotAfter: row.NotAfter, Operation: op, Subject: req.Subject}}, s.msgDom, now); err != nil {

@@ -15,8 +15,9 @@ import (
 	"strings"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
-	_ "modernc.org/sqlite"             // database/sql driver "sqlite", pure Go
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+	_ "modernc.org/sqlite"           // database/sql driver "sqlite", pure Go
 )
 
 //go:embed migrations
@@ -56,6 +57,12 @@ var (
 // dsn, and applies pending migrations. For SQLite the dsn is a file path; the
 // directory is created if needed.
 func OpenStore(ctx context.Context, driver, dsn string) (*Store, error) {
+	return OpenStoreWithPassword(ctx, driver, dsn, nil)
+}
+
+// OpenStoreWithPassword is OpenStore with a PostgreSQL password kept out of
+// the DSN (it comes from store.password_file or KMS_DB_PASSWORD).
+func OpenStoreWithPassword(ctx context.Context, driver, dsn string, password []byte) (*Store, error) {
 	var (
 		db  *sql.DB
 		d   dialect
@@ -67,8 +74,13 @@ func OpenStore(ctx context.Context, driver, dsn string) (*Store, error) {
 		db, err = openSQLite(dsn)
 	case "postgres":
 		d = postgresDialect
-		db, err = sql.Open("pgx", dsn)
+		var pc *pgx.ConnConfig
+		pc, err = pgx.ParseConfig(dsn)
 		if err == nil {
+			if password != nil {
+				pc.Password = string(password)
+			}
+			db = stdlib.OpenDB(*pc)
 			db.SetMaxOpenConns(16)
 		}
 	default:

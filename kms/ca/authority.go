@@ -68,6 +68,11 @@ type Config struct {
 	// https URL is written into certificates as http on port 80, because the
 	// S/MIME BRs require http there; the server must answer on both.
 	BaseURL string
+	// AIA puts the caIssuers URL (BaseURL + /issuer.cer) into certificates.
+	// SPEC section 3 asks for it only when http.public_url is configured: a
+	// loopback URL helps no correspondent, while the CRL distribution point
+	// is required by the S/MIME BRs and so is always written.
+	AIA bool
 	// Organization names the CA in its certificates. Empty means "kms".
 	Organization string
 	// KMSAddress is the KMS's mailbox, e.g. kms@example.com.
@@ -116,6 +121,9 @@ func Open(cfg Config, now time.Time, log *slog.Logger) (*Authority, error) {
 	a := &Authority{}
 	if a.crlURL, a.aiaURL, err = certURLs(cfg.BaseURL); err != nil {
 		return nil, err
+	}
+	if !cfg.AIA {
+		a.aiaURL = ""
 	}
 	if !strings.HasPrefix(strings.ToLower(cfg.BaseURL), "http:") {
 		log.Info("CA: certificates carry http URLs as the S/MIME BRs require", "base_url", cfg.BaseURL, "crl", a.crlURL, "issuer", a.aiaURL)
@@ -357,7 +365,7 @@ func (a *Authority) kmsStale(c *x509.Certificate, email string, now time.Time) s
 		return fmt.Sprintf("expires %s", c.NotAfter.Format(time.RFC3339))
 	case len(c.CRLDistributionPoints) != 1 || c.CRLDistributionPoints[0] != a.crlURL:
 		return fmt.Sprintf("CRL URL changed to %s", a.crlURL)
-	case len(c.IssuingCertificateURL) != 1 || c.IssuingCertificateURL[0] != a.aiaURL:
+	case strings.Join(c.IssuingCertificateURL, " ") != a.aiaURL:
 		return fmt.Sprintf("issuer URL changed to %s", a.aiaURL)
 	}
 	return ""

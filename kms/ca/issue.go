@@ -102,8 +102,10 @@ func (a *Authority) Issue(req Request) (*x509.Certificate, error) {
 		EmailAddresses:        []string{req.Email},
 		Policies:              []x509.OID{OIDMailboxValidatedStrict},
 		CRLDistributionPoints: []string{a.crlURL},
-		IssuingCertificateURL: []string{a.aiaURL},
 		SubjectKeyId:          ski,
+	}
+	if a.aiaURL != "" {
+		tmpl.IssuingCertificateURL = []string{a.aiaURL}
 	}
 	// The mailbox-validated profile allows only commonName (holding the
 	// address), emailAddress and serialNumber in the subject. An address too

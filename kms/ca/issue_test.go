@@ -45,7 +45,7 @@ func TestIssueProfile(t *testing.T) {
 			{"not a CA", c.BasicConstraintsValid && !c.IsCA},
 			{"strict mailbox policy", len(c.Policies) == 1 && c.Policies[0].Equal(OIDMailboxValidatedStrict)},
 			{"CRL DP", len(c.CRLDistributionPoints) == 1 && c.CRLDistributionPoints[0] == localBase+"/crl"},
-			{"AIA caIssuers", len(c.IssuingCertificateURL) == 1 && c.IssuingCertificateURL[0] == localBase+"/issuer.cer" && len(c.OCSPServer) == 0},
+			{"no AIA without a public URL", len(c.IssuingCertificateURL) == 0 && len(c.OCSPServer) == 0},
 			{"AKI", string(c.AuthorityKeyId) == string(a.Issuer().SubjectKeyId)},
 			{"SKI", len(c.SubjectKeyId) == 20},
 			{"validity", c.NotBefore.Equal(testNow) && c.NotAfter.Equal(testNow.AddDate(1, 0, 0))},

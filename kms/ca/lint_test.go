@@ -1,9 +1,8 @@
 package ca
 
 import (
+	"crypto/x509"
 	"math/big"
-	"net"
-	"net/url"
 	"sort"
 	"strings"
 	"testing"
@@ -43,38 +42,13 @@ func problems(rs *zlint.ResultSet) (bad []string, applied int) {
 	return bad, applied
 }
 
-// ipPortFalsePositive is a zlint v3.7.3 bug: w_smime_aia_contains_internal_names
-// means to skip IP addresses but calls net.ParseIP on url.Host, which
-// includes the port, so "http://127.0.0.1:8025/issuer.cer" is reported as an
-// internal name while "http://127.0.0.1/issuer.cer" passes
-// (TestZlintAIAIPWithoutPort shows both). Only that lint, and only for an
-// AIA URL whose host is an IP literal with a port, is excused.
-func ipPortFalsePositive(c *zx509.Certificate, name string) bool {
-	if !strings.HasPrefix(name, "w_smime_aia_contains_internal_names ") || len(c.IssuingCertificateURL) == 0 {
-		return false
-	}
-	for _, raw := range c.IssuingCertificateURL {
-		u, err := url.Parse(raw)
-		if err != nil || u.Port() == "" || net.ParseIP(u.Hostname()) == nil {
-			return false
-		}
-	}
-	return true
-}
-
 func lintCert(t *testing.T, r lint.Registry, der []byte, what string) int {
 	t.Helper()
 	c, err := zx509.ParseCertificate(der)
 	if err != nil {
 		t.Fatalf("%s: zcrypto cannot parse: %v", what, err)
 	}
-	all, applied := problems(zlint.LintCertificateEx(c, r))
-	var bad []string
-	for _, p := range all {
-		if !ipPortFalsePositive(c, p) {
-			bad = append(bad, p)
-		}
-	}
+	bad, applied := problems(zlint.LintCertificateEx(c, r))
 	if len(bad) > 0 {
 		t.Errorf("%s: zlint found:\n  %s", what, strings.Join(bad, "\n  "))
 	}
@@ -108,29 +82,15 @@ func TestZlintSubscriber(t *testing.T) {
 	}
 }
 
-// TestZlintAIAIPWithoutPort pins down the zlint false positive that
-// lintCert excuses: the same lint passes an IP literal without a port and
-// flags it with one. If zlint fixes the bug, the second check fails and the
-// excuse can go.
-func TestZlintAIAIPWithoutPort(t *testing.T) {
-	r := registry(t, lint.CABFSMIMEBaselineRequirements)
-	pub := subscriberKeys(t)[policy.P256].Public()
-	for _, tc := range []struct {
-		base string
-		warn bool
-	}{{"http://127.0.0.1", false}, {localBase, true}} {
-		a := sharedCA(t, policy.P256, policy.P256, tc.base)
-		c, err := zx509.ParseCertificate(issue(t, a, "alice@example.com", pub))
-		if err != nil {
-			t.Fatal(err)
-		}
-		res := zlint.LintCertificateEx(c, r).Results["w_smime_aia_contains_internal_names"]
-		if res == nil {
-			t.Fatalf("%s: lint w_smime_aia_contains_internal_names did not run", tc.base)
-		}
-		if got := res.Status == lint.Warn; got != tc.warn {
-			t.Errorf("%s: w_smime_aia_contains_internal_names = %s, want warn=%v", tc.base, res.Status, tc.warn)
-		}
+// TestZlintPublicAIA checks the caIssuers URL that a public URL adds.
+func TestZlintPublicAIA(t *testing.T) {
+	a := sharedCA(t, policy.P256, policy.P256, publicBase)
+	c, err := x509.ParseCertificate(issue(t, a, "alice@example.com", subscriberKeys(t)[policy.P256].Public()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.IssuingCertificateURL) != 1 || c.IssuingCertificateURL[0] != "http://pki.example.com/issuer.cer" {
+		t.Fatalf("AIA = %v, want the public URL over http", c.IssuingCertificateURL)
 	}
 }
 

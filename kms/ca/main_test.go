@@ -66,7 +66,7 @@ func sharedCA(tb testing.TB, root, issuer policy.KeyType, base string) *Authorit
 	}
 	dir := filepath.Join(fixtureDir, fmt.Sprintf("%s-%s-%d", root, issuer, len(fixtures)))
 	a, err := Open(Config{
-		Dir: dir, KeyType: issuer, RootKeyType: root, BaseURL: base, KMSAddress: kmsAddress,
+		Dir: dir, KeyType: issuer, RootKeyType: root, BaseURL: base, AIA: base != localBase, KMSAddress: kmsAddress,
 	}, testNow, quietLog())
 	if err != nil {
 		tb.Fatalf("open shared CA: %v", err)

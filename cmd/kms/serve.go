@@ -2,14 +2,234 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kmsmail/kms/admin"
+	"github.com/kmsmail/kms/clock"
+	"github.com/kmsmail/kms/config"
+	"github.com/kmsmail/kms/kms"
+	"github.com/kmsmail/kms/kms/ca"
 )
 
-// runServe runs the daemon.
-//
-// placeholder: the lead replaces this file
+// runServe is `kms serve`: load the configuration, build the daemon, run it
+// until a signal.
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "kms serve: not yet implemented")
-	return 1
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", os.Getenv("KMS_CONFIG"), "configuration `file` (default: built-in defaults)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "kms serve: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	cfg, err := config.Load(*configPath, os.Getenv)
+	if err != nil {
+		fmt.Fprintf(stderr, "kms serve: %v\n", err)
+		return 1
+	}
+	log := newLogger(cfg, stderr)
+	d, err := newDaemon(ctx, cfg, clock.System{}, log)
+	if err != nil {
+		log.Error("start-up failed", "err", err)
+		return 1
+	}
+	defer d.close()
+	if err := d.run(ctx); err != nil {
+		log.Error("daemon stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// newLogger builds the daemon's structured logger from the log section.
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel()}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// daemon is every long-lived part of `kms serve`, constructed in one place.
+type daemon struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	clock    clock.Clock
+	store    *kms.Store
+	ca       *ca.Authority
+	svc      *kms.Service
+	http     *http.Server
+	httpLn   net.Listener
+	registry *prometheus.Registry
+}
+
+// newDaemon creates the data directory, opens the store and the CA
+// (creating them on first run), and binds the listeners, so that a port
+// already in use or a bad key stops start-up with a clear error.
+func newDaemon(ctx context.Context, cfg *config.Config, clk clock.Clock, log *slog.Logger) (*daemon, error) {
+	d := &daemon{cfg: cfg, log: log, clock: clk}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data_dir %s: %w", cfg.DataDir, err)
+	}
+	dbPassword, err := cfg.DBPassword()
+	if err != nil {
+		return nil, err
+	}
+	d.store, err = kms.OpenStoreWithPassword(ctx, cfg.Store.Driver, cfg.Store.DSN, dbPassword)
+	if err != nil {
+		return nil, err
+	}
+	passphrase, err := cfg.CAPassphrase()
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	d.ca, err = ca.Open(ca.Config{
+		Dir:        filepath.Join(cfg.DataDir, "ca"),
+		KeyFile:    cfg.CA.KeyFile,
+		Passphrase: passphrase,
+		KeyType:    cfg.CA.KeyType,
+		BaseURL:    cfg.BaseURL(),
+		AIA:        cfg.HTTP.PublicURL != "",
+		KMSAddress: cfg.Address,
+	}, clk.Now(), log)
+	if err != nil {
+		d.close()
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	d.registry = prometheus.NewRegistry()
+	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := kms.NewMetrics(d.registry)
+	d.svc = kms.New(kms.Config{
+		Store:        d.store,
+		Issuer:       d.ca,
+		CRLSigner:    d.ca,
+		Policies:     cfg.Policies(),
+		Domains:      cfg.Domains,
+		KMSAddress:   cfg.Address,
+		AdminAddress: cfg.AdminAddress,
+		Clock:        clk,
+		Log:          log,
+		Metrics:      metrics,
+	})
+	d.registry.MustRegister(kms.NewStateCollector(d.svc))
+
+	token, err := admin.EnsureToken(filepath.Join(cfg.DataDir, admin.TokenFile))
+	if err != nil {
+		d.close()
+		return nil, fmt.Errorf("admin token: %w", err)
+	}
+	handler, err := admin.NewServer(admin.Options{
+		Users:      d.svc,
+		Certs:      d.svc,
+		CRL:        d.svc,
+		Audit:      d.store,
+		Token:      token,
+		Metrics:    d.registry,
+		CAChainPEM: d.ca.ChainPEM(),
+		IssuerDER:  d.ca.Issuer().Raw,
+		Ready:      func(ctx context.Context) error { _, err := d.store.SchemaVersion(ctx); return err },
+		Clock:      clk,
+		Log:        log,
+	})
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	d.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		d.close()
+		return nil, fmt.Errorf("http.listen %s: %w", cfg.HTTP.Listen, err)
+	}
+	d.http = handler.HTTPServer(cfg.HTTP.Listen)
+	return d, nil
+}
+
+// run serves until ctx ends, then shuts down within a deadline. A second
+// interrupt during shutdown exits at once.
+func (d *daemon) run(ctx context.Context) error {
+	version, _ := d.store.SchemaVersion(ctx)
+	d.log.Info("kms started", "version", versionString(), "http", d.httpLn.Addr().String(), "store", d.store.Driver(),
+		"schema", version, "data_dir", d.cfg.DataDir, "address", d.cfg.Address, "domains", d.cfg.Domains)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := d.http.Serve(d.httpLn); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { return d.maintain(gctx) })
+	g.Go(func() error {
+		<-gctx.Done()
+		go exitOnSecondSignal(d.log)
+		d.log.Info("shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return d.http.Shutdown(sctx)
+	})
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	d.log.Info("kms stopped")
+	return err
+}
+
+// maintain runs the periodic work: expiring certificates and lapsing their
+// users, and keeping the CRL fresh. It ticks every second because policy
+// durations may be seconds (tests, `kms demo`); each pass is indexed
+// queries that find nothing most of the time.
+func (d *daemon) maintain(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		if _, err := d.svc.ExpireDue(ctx); err != nil && ctx.Err() == nil {
+			d.log.Error("expiry sweep failed", "err", err)
+		}
+		if _, err := d.svc.CRL(ctx); err != nil && ctx.Err() == nil {
+			d.log.Error("CRL refresh failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// close releases what newDaemon opened.
+func (d *daemon) close() {
+	if d.httpLn != nil {
+		d.httpLn.Close()
+	}
+	if d.store != nil {
+		d.store.Close()
+	}
+}
+
+// exitOnSecondSignal ends the process at once if another interrupt arrives
+// while the daemon is shutting down gracefully.
+func exitOnSecondSignal(log *slog.Logger) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	<-ch
+	log.Warn("second signal: exiting without waiting")
+	os.Exit(1)
 }

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestServeEndToEnd is the administrator's path through the real binary:
+// first start creates the data directory, CA and token; the command line
+// enrolls, imports, lists and revokes; bad input is refused with exit 1 and
+// changes nothing; after a graceful restart everything is still there.
+func TestServeEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	d := newDaemonConfig(t, dir, "")
+	d.start()
+
+	for _, f := range []string{"kms.db", "admin.token", "ca/root.pem", "ca/issuer.pem", "ca/issuer.key", "ca/kms.pem"} {
+		if _, err := os.Stat(filepath.Join(d.dataDir, f)); err != nil {
+			t.Errorf("first start did not create %s: %v", f, err)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(d.dataDir, "admin.token")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin.token mode: %v %v", fi.Mode(), err)
+	}
+
+	var en struct{ Email, Code, Expires string }
+	r := d.cli("user", "enroll", "Alice@Example.com", "--name", "Alice", "--json").want(t, 0)
+	if err := json.Unmarshal([]byte(r.stdout), &en); err != nil || en.Email != "alice@example.com" || len(en.Code) < 26 {
+		t.Fatalf("enroll --json = %q (%v)", r.stdout, err)
+	}
+	if _, err := time.Parse(time.RFC3339, en.Expires); err != nil {
+		t.Fatalf("expires %q is not RFC 3339", en.Expires)
+	}
+
+	// A certificate from another CA, imported to be tracked.
+	certFile := writeForeignCert(t, dir, "carol@example.com")
+	d.cli("cert", "import", certFile).want(t, 0)
+	var certs []map[string]any
+	r = d.cli("cert", "list", "--json").want(t, 0)
+	if err := json.Unmarshal([]byte(r.stdout), &certs); err != nil || len(certs) != 1 {
+		t.Fatalf("cert list --json = %q (%v)", r.stdout, err)
+	}
+	for _, k := range []string{"serial", "email", "state", "not_before", "not_after"} {
+		if _, ok := certs[0][k]; !ok {
+			t.Errorf("cert list --json lacks %q: %v", k, certs[0])
+		}
+	}
+	serial := certs[0]["serial"].(string)
+
+	// Bad input: refused with exit 1, a message naming the problem, no change.
+	before := d.cli("user", "list", "--json").want(t, 0).stdout
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"user", "enroll", "not-an-address"}, "not-an-address"},
+		{[]string{"user", "enroll", "dave@other.org"}, "other.org"},
+		{[]string{"user", "enroll", "carol@example.com"}, "carol@example.com"},
+		{[]string{"cert", "revoke", "abcdef12345"}, "abcdef12345"},
+		{[]string{"cert", "revoke", serial, "--reason", "certificateHold"}, "certificateHold"},
+	} {
+		r := d.cli(c.args...)
+		if r.code != 1 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("kms %v: exit %d, stderr %q; want exit 1 naming %q", c.args, r.code, r.stderr, c.want)
+		}
+	}
+	if after := d.cli("user", "list", "--json").want(t, 0).stdout; after != before {
+		t.Fatalf("refused commands changed the users:\n%s\n%s", before, after)
+	}
+	d.cli("user", "enroll").want(t, 2)
+	d.cli("cert", "frobnicate").want(t, 2)
+
+	// A bad token is refused by the API.
+	req, _ := http.NewRequest("GET", "http://"+d.httpAddr+"/api/v1/users", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.Repeat("0", 64))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("bad token: HTTP %d, want 401", resp.StatusCode)
+	}
+
+	d.cli("cert", "revoke", serial, "--reason", "keyCompromise").want(t, 0)
+	checkCRLWithOpenSSL(t, d, dir)
+
+	if err := d.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("graceful stop: %v", err)
+	}
+	d.start()
+	r = d.cli("user", "list", "--json").want(t, 0)
+	if !strings.Contains(r.stdout, `"alice@example.com"`) || !strings.Contains(r.stdout, `"carol@example.com"`) {
+		t.Fatalf("after restart, users = %s", r.stdout)
+	}
+	r = d.cli("cert", "show", serial, "--json").want(t, 0)
+	if !strings.Contains(r.stdout, `"revoked"`) || !strings.Contains(r.stdout, "keyCompromise") {
+		t.Fatalf("after restart, certificate = %s", r.stdout)
+	}
+}
+
+// TestServeRefusesBadConfig checks that a malformed configuration stops
+// start-up with the key and the reason.
+func TestServeRefusesBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	d := newDaemonConfig(t, dir, "policy:\n  lifetime: 18 months\n")
+	out, err := exec.Command(d.bin, "serve", "--config", d.config).CombinedOutput()
+	if err == nil {
+		t.Fatal("kms serve accepted a bad configuration")
+	}
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "policy.lifetime") {
+		t.Fatalf("exit %v, output %q: want exit 1 naming policy.lifetime", err, out)
+	}
+	if _, err := os.Stat(d.dataDir); err == nil {
+		t.Fatal("a refused configuration still created the data directory")
+	}
+}
+
+// checkCRLWithOpenSSL fetches /crl and /ca.pem and has openssl verify the CRL.
+func checkCRLWithOpenSSL(t *testing.T, d *daemonProc, dir string) {
+	t.Helper()
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("openssl not installed")
+	}
+	crl := filepath.Join(dir, "kms.crl")
+	chain := filepath.Join(dir, "chain.pem")
+	for path, file := range map[string]string{"/crl": crl, "/ca.pem": chain} {
+		resp, err := http.Get("http://" + d.httpAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d", path, resp.StatusCode)
+		}
+		os.WriteFile(file, b, 0o644)
+	}
+	out, err := exec.Command("openssl", "crl", "-inform", "DER", "-in", crl, "-CAfile", chain, "-noout", "-verify").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "verify OK") {
+		t.Fatalf("openssl crl -verify: %v\n%s", err, out)
+	}
+}
+
+// writeForeignCert writes a PEM certificate for email from a throwaway CA.
+func writeForeignCert(t *testing.T, dir, email string) string {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Old CA"}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().AddDate(2, 0, 0)}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: email},
+		EmailAddresses: []string{email}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection},
+		KeyUsage: x509.KeyUsageDigitalSignature, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().AddDate(1, 0, 0)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "carol.pem")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}

@@ -126,16 +126,6 @@ func (s *Store) certBySerial(ctx context.Context, q querier, serial string, lock
 	return c, err
 }
 
-// currentCert returns the user's current certificate, or ErrNotFound.
-func (s *Store) currentCert(ctx context.Context, q querier, userID int64) (*certRow, error) {
-	c, err := scanCert(q.QueryRowContext(ctx, `SELECT `+certColumns+` FROM certificates c JOIN users u ON u.id = c.user_id
-		WHERE c.user_id = $1 AND c.state = 'current' ORDER BY c.not_after DESC LIMIT 1`, userID))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, ErrNotFound
-	}
-	return c, err
-}
-
 func insertCert(ctx context.Context, tx *sql.Tx, c *certRow, next *time.Time) error {
 	var nextMS sql.NullInt64
 	if next != nil {

@@ -99,6 +99,7 @@ func (s *Service) expireOne(ctx context.Context, serial string, now time.Time) (
 		if s.metrics != nil {
 			s.metrics.Lapsed.Inc()
 		}
+		s.mailQueued()
 	}
 	return lapsed, err
 }

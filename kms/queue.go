@@ -180,6 +180,9 @@ func (s *Store) FailOutbox(ctx context.Context, id int64, why string, now time.T
 	})
 }
 
+// maxRepliesPerHour caps rejections and lapse notices to one address.
+const maxRepliesPerHour = 5
+
 // Reply is a mail that answers a refused request.
 type Reply struct {
 	Kind      OutboxKind // MailRejection or MailLapse
@@ -193,6 +196,12 @@ type Reply struct {
 // same transaction, so a crash cannot send the rejection twice.
 func (s *Service) RefuseInbound(ctx context.Context, id int64, reply *Reply, outcome string) error {
 	now := s.clock.Now()
+	queued := false
+	defer func() {
+		if queued {
+			s.mailQueued()
+		}
+	}()
 	return s.store.tx(ctx, func(tx *sql.Tx) error {
 		if err := finishInbound(ctx, tx, id, InboundRefused, outcome, now); err != nil {
 			return err
@@ -200,8 +209,20 @@ func (s *Service) RefuseInbound(ctx context.Context, id int64, reply *Reply, out
 		if reply == nil {
 			return nil
 		}
+		// A cap on answers per address and hour: a peer that answers
+		// every mail without Auto-Submitted cannot start a loop.
+		var recent int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM outbox WHERE recipient = $1 AND kind = $2 AND created_at > $3`,
+			reply.To, string(reply.Kind), ms(now.Add(-time.Hour))).Scan(&recent); err != nil {
+			return err
+		}
+		if recent >= maxRepliesPerHour {
+			s.log.Warn("reply suppressed: too many to one address", "to", reply.To, "kind", reply.Kind, "last_hour", recent)
+			return nil
+		}
 		_, err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: reply.Kind, To: reply.To, InReplyTo: reply.InReplyTo,
 			Payload: reply.Payload}, s.msgDom, now)
+		queued = err == nil
 		return err
 	})
 }

@@ -47,6 +47,7 @@ func (s *Service) Revoke(ctx context.Context, serial string, reason int, actor s
 		s.metrics.Revoked.WithLabelValues(ReasonName(reason)).Inc()
 	}
 	s.crlStale()
+	s.mailQueued()
 	return out, nil
 }
 
@@ -138,6 +139,7 @@ func (s *Service) Disable(ctx context.Context, addr string, reason int, actor st
 	}
 	s.log.Info("audit", "action", "disable", "actor", actor, "email", email)
 	s.crlStale()
+	s.mailQueued()
 	return u, nil
 }
 

@@ -37,6 +37,9 @@ type Config struct {
 	Clock        clock.Clock
 	Log          *slog.Logger
 	Metrics      *Metrics // optional
+	// MailQueued, if set, is called after a transaction that queued mail
+	// commits, so the delivery worker need not wait for its next poll.
+	MailQueued func()
 }
 
 // Service carries out the lifecycle operations of SPEC section 2. It is
@@ -57,6 +60,7 @@ type Service struct {
 	clock     clock.Clock
 	log       *slog.Logger
 	metrics   *Metrics
+	queued    func()
 }
 
 // New builds a Service.
@@ -72,6 +76,7 @@ func New(cfg Config) *Service {
 		clock:     cfg.Clock,
 		log:       cfg.Log,
 		metrics:   cfg.Metrics,
+		queued:    cfg.MailQueued,
 	}
 	for _, d := range cfg.Domains {
 		s.domains[strings.ToLower(d)] = true
@@ -184,6 +189,7 @@ func (s *Service) Enroll(ctx context.Context, addr, name, actor string) (*Enroll
 		return nil, err
 	}
 	s.log.Info("audit", "action", action, "actor", actor, "email", email, "code_expires", expires)
+	s.mailQueued()
 	return &Enrollment{Email: email, Code: code, Expires: expires}, nil
 }
 
@@ -309,6 +315,18 @@ func (s *Service) renew(ctx context.Context, serial string, newKey crypto.Public
 		op = "rekey"
 	}
 	now := s.clock.Now()
+	// A replay is recognised before anything else, so that it is refused
+	// as a replay even after the certificate it renewed was superseded.
+	// The insert in recordIssue remains the guard against races.
+	if len(req.SignatureDigest) > 0 {
+		var n int
+		if err := s.store.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM seen_signatures WHERE digest = $1`, req.SignatureDigest).Scan(&n); err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			return nil, s.refused(ctx, req.Actor, op, "", serial, ErrReplay)
+		}
+	}
 	old, err := s.store.certBySerial(ctx, s.store.db, serial, false)
 	if err != nil {
 		return nil, s.refused(ctx, req.Actor, op, "", serial, err)
@@ -460,8 +478,16 @@ func oneRow(res sql.Result, err error, what string) error {
 	return nil
 }
 
+// mailQueued tells the delivery worker that mail is waiting.
+func (s *Service) mailQueued() {
+	if s.queued != nil {
+		s.queued()
+	}
+}
+
 // issued logs and counts a successful issuance.
 func (s *Service) issued(email string, row *certRow, op, actor string) {
+	s.mailQueued()
 	s.log.Info("audit", "action", "issue:"+op, "actor", actor, "email", email, "serial", row.Serial, "not_after", row.NotAfter)
 	if s.metrics != nil {
 		s.metrics.Issued.WithLabelValues(op).Inc()

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,6 +26,8 @@ import (
 	"github.com/kmsmail/kms/config"
 	"github.com/kmsmail/kms/kms"
 	"github.com/kmsmail/kms/kms/ca"
+	"github.com/kmsmail/kms/mail"
+	"github.com/kmsmail/kms/mail/smime"
 )
 
 // runServe is `kms serve`: load the configuration, build the daemon, run it
@@ -78,6 +82,10 @@ type daemon struct {
 	http     *http.Server
 	httpLn   net.Listener
 	registry *prometheus.Registry
+	smtp     *mail.Server
+	smtpLn   net.Listener
+	inbound  *mail.Processor
+	outbox   *mail.Outbox
 }
 
 // newDaemon creates the data directory, opens the store and the CA
@@ -128,8 +136,13 @@ func newDaemon(ctx context.Context, cfg *config.Config, clk clock.Clock, log *sl
 		Clock:        clk,
 		Log:          log,
 		Metrics:      metrics,
+		MailQueued:   func() { d.outbox.Notify() },
 	})
 	d.registry.MustRegister(kms.NewStateCollector(d.svc))
+	if err := d.buildMail(); err != nil {
+		d.close()
+		return nil, err
+	}
 
 	token, err := admin.EnsureToken(filepath.Join(cfg.DataDir, admin.TokenFile))
 	if err != nil {
@@ -162,11 +175,76 @@ func newDaemon(ctx context.Context, cfg *config.Config, clk clock.Clock, log *sl
 	return d, nil
 }
 
+// buildMail constructs the inbound SMTP listener, the request processor
+// and the outbound delivery worker, and binds the SMTP port.
+func (d *daemon) buildMail() error {
+	cfg := d.cfg
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(d.ca.Root())
+	inter.AddCert(d.ca.Issuer())
+	d.inbound = mail.NewProcessor(mail.ProcessorOptions{
+		Service: d.svc, Queue: d.store, Identity: d.ca, Roots: roots, Intermediates: inter,
+		Limits: smime.Limits{MaxMessageBytes: int(cfg.SMTP.MaxMessageBytes)},
+		Clock:  d.clock, Log: d.log, Registerer: d.registry,
+	})
+	var tlsConfig *tls.Config
+	if cfg.SMTP.TLS.CertFile != "" {
+		pair, err := tls.LoadX509KeyPair(cfg.SMTP.TLS.CertFile, cfg.SMTP.TLS.KeyFile)
+		if err != nil {
+			return fmt.Errorf("smtp.tls: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	}
+	var err error
+	d.smtp, err = mail.NewServer(mail.ServerConfig{
+		Addr: cfg.SMTP.Listen, Hostname: cfg.SMTP.Hostname, Address: cfg.Address,
+		MaxMessageBytes: cfg.SMTP.MaxMessageBytes, TLSConfig: tlsConfig,
+		ReadTimeout: cfg.SMTP.ReadTimeout, WriteTimeout: cfg.SMTP.WriteTimeout,
+		MaxConnectionsPerIP: cfg.SMTP.MaxConnectionsPerIP,
+		Store:               d.store, Clock: d.clock, Log: d.log, Notify: d.inbound.Notify, Registerer: d.registry,
+	})
+	if err != nil {
+		return err
+	}
+	var transport mail.Transport
+	rate := 0.0
+	if cfg.Relay.Addr != "" {
+		password, err := cfg.RelayPassword()
+		if err != nil {
+			return err
+		}
+		transport, err = mail.NewRelay(mail.RelayConfig{Addr: cfg.Relay.Addr, Hostname: cfg.SMTP.Hostname,
+			Username: cfg.Relay.Username, Password: password, AllowPlaintext: !cfg.Relay.StartTLS})
+		if err != nil {
+			return fmt.Errorf("relay: %w", err)
+		}
+		rate = cfg.Relay.Rate
+	} else {
+		transport, err = mail.NewMaildir(cfg.Maildir)
+		if err != nil {
+			return fmt.Errorf("maildir %s: %w", cfg.Maildir, err)
+		}
+	}
+	d.outbox, err = mail.NewOutbox(mail.OutboxConfig{
+		Store: d.store, Transport: transport, Clock: d.clock, Log: d.log, Registerer: d.registry,
+		Renderer: &mail.SignedRenderer{Identity: d.ca, Chain: d.ca.Chain(), Certs: d.svc, KMSAddress: cfg.Address, Clock: d.clock},
+		From:     cfg.Address, Admin: cfg.AdminAddress, RetryFor: cfg.Relay.RetryFor, Rate: rate, PollInterval: time.Second,
+	})
+	if err != nil {
+		return err
+	}
+	d.smtpLn, err = net.Listen("tcp", cfg.SMTP.Listen)
+	if err != nil {
+		return fmt.Errorf("smtp.listen %s: %w", cfg.SMTP.Listen, err)
+	}
+	return nil
+}
+
 // run serves until ctx ends, then shuts down within a deadline. A second
 // interrupt during shutdown exits at once.
 func (d *daemon) run(ctx context.Context) error {
 	version, _ := d.store.SchemaVersion(ctx)
-	d.log.Info("kms started", "version", versionString(), "http", d.httpLn.Addr().String(), "store", d.store.Driver(),
+	d.log.Info("kms started", "version", versionString(), "http", d.httpLn.Addr().String(), "smtp", d.smtpLn.Addr().String(), "store", d.store.Driver(),
 		"schema", version, "data_dir", d.cfg.DataDir, "address", d.cfg.Address, "domains", d.cfg.Domains)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -175,14 +253,19 @@ func (d *daemon) run(ctx context.Context) error {
 		}
 		return nil
 	})
+	g.Go(func() error { return d.smtp.Serve(d.smtpLn) })
 	g.Go(func() error { return d.maintain(gctx) })
+	g.Go(func() error { return d.inbound.Run(gctx) })
+	g.Go(func() error { return d.outbox.Run(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		go exitOnSecondSignal(d.log)
 		d.log.Info("shutting down")
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		return d.http.Shutdown(sctx)
+		// SMTP first: a message being received is committed and answered
+		// before the workers that would process it stop.
+		return errors.Join(d.smtp.Shutdown(sctx), d.http.Shutdown(sctx))
 	})
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
@@ -218,6 +301,9 @@ func (d *daemon) maintain(ctx context.Context) error {
 func (d *daemon) close() {
 	if d.httpLn != nil {
 		d.httpLn.Close()
+	}
+	if d.smtpLn != nil {
+		d.smtpLn.Close()
 	}
 	if d.store != nil {
 		d.store.Close()

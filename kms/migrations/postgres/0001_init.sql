@@ -65,6 +65,7 @@ CREATE TABLE outbox (
     last_error      TEXT    NOT NULL DEFAULT ''
 );
 CREATE INDEX outbox_pending ON outbox (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX outbox_by_recipient ON outbox (recipient, created_at);
 
 -- Mail received. A message is committed here before the SMTP 250 reply.
 CREATE TABLE inbound (

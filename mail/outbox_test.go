@@ -1,0 +1,474 @@
+package mail
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net/mail"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/kmsmail/kms/clock"
+	"github.com/kmsmail/kms/kms"
+)
+
+// outEnv is a real store with a fake clock, and mail queued in it the way
+// kms queues mail: in the transaction that closes the request it answers.
+type outEnv struct {
+	store *kms.Store
+	db    *sql.DB
+	svc   *kms.Service
+	clock *clock.Fake
+	n     int
+}
+
+func newOutEnv(t testing.TB) *outEnv {
+	t.Helper()
+	st, path := openStore(t)
+	clk := fakeClock()
+	return &outEnv{store: st, db: openDB(t, path), clock: clk,
+		svc: kms.New(kms.Config{Store: st, KMSAddress: kmsAddr, AdminAddress: adminAddr, Clock: clk})}
+}
+
+// queue puts one mail of kind to `to` in the outbox and returns its id.
+func (e *outEnv) queue(t testing.TB, kind kms.OutboxKind, to string) int64 {
+	t.Helper()
+	ctx := context.Background()
+	e.n++
+	in, _, err := e.store.AcceptInbound(ctx, fmt.Appendf(nil, "Subject: request %d\r\n\r\nbody\r\n", e.n), to, "127.0.0.1:1", e.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.RefuseInbound(ctx, in, &kms.Reply{Kind: kind, To: to, InReplyTo: fmt.Sprintf("<req%d@example.com>", e.n),
+		Payload: kms.OutboxPayload{Email: to}}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	if err := e.db.QueryRow(`SELECT max(id) FROM outbox`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+type outRow struct {
+	state     string
+	attempts  int
+	lastError string
+	next      time.Time
+	claimed   int64
+	messageID string
+}
+
+func (e *outEnv) row(t testing.TB, id int64) outRow {
+	t.Helper()
+	var (
+		r    outRow
+		next int64
+	)
+	if err := e.db.QueryRow(`SELECT state, attempts, last_error, next_attempt_at, claimed_until, message_id FROM outbox WHERE id = $1`, id).
+		Scan(&r.state, &r.attempts, &r.lastError, &next, &r.claimed, &r.messageID); err != nil {
+		t.Fatal(err)
+	}
+	r.next = time.UnixMilli(next).UTC()
+	return r
+}
+
+// waitRow waits until row id satisfies cond.
+func (e *outEnv) waitRow(t testing.TB, id int64, what string, cond func(outRow) bool) outRow {
+	t.Helper()
+	var r outRow
+	eventually(t, what, func() bool { r = e.row(t, id); return cond(r) })
+	return r
+}
+
+// run starts an Outbox over the env with test defaults. stop stops it and
+// waits for Run to return, after which its metrics are final; cleanup
+// stops it too.
+func (e *outEnv) run(t testing.TB, cfg OutboxConfig) (o *Outbox, stop func()) {
+	t.Helper()
+	cfg.Store, cfg.Clock, cfg.From, cfg.Admin = e.store, e.clock, kmsAddr, adminAddr
+	if cfg.Renderer == nil {
+		cfg.Renderer = textRenderer{from: kmsAddr}
+	}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = 20 * time.Millisecond
+	}
+	cfg.Registerer = prometheus.NewRegistry()
+	o, err := NewOutbox(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- o.Run(ctx) }()
+	stop = sync.OnceFunc(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v, want nil after cancel", err)
+		}
+	})
+	t.Cleanup(stop)
+	return o, stop
+}
+
+func (o *Outbox) failedCount(t testing.TB, reason string) float64 {
+	return value(t, o.m.failed.WithLabelValues(reason))
+}
+
+func newMaildir(t testing.TB) *Maildir {
+	t.Helper()
+	md, err := NewMaildir(filepath.Join(t.TempDir(), "mail"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return md
+}
+
+func TestOutboxDeliversIntoMaildir(t *testing.T) {
+	e := newOutEnv(t)
+	md := newMaildir(t)
+	ids := []int64{
+		e.queue(t, kms.MailCertificate, "alice@example.com"),
+		e.queue(t, kms.MailReminder, "bob@example.com"),
+		e.queue(t, kms.MailLapseAdmin, adminAddr),
+	}
+	e.clock.Advance(90 * time.Second)
+	o, stop := e.run(t, OutboxConfig{Transport: md})
+	want := map[string]string{} // Message-ID -> recipient
+	for _, id := range ids {
+		r := e.waitRow(t, id, fmt.Sprintf("outbox %d sent", id), func(r outRow) bool { return r.state == "sent" })
+		want[r.messageID] = map[int64]string{ids[0]: "alice@example.com", ids[1]: "bob@example.com", ids[2]: adminAddr}[id]
+	}
+	names := files(t, md.Dir(), "new")
+	if len(names) != 3 {
+		t.Fatalf("new/ holds %d files, want 3", len(names))
+	}
+	for _, n := range names {
+		f, err := os.Open(filepath.Join(md.Dir(), "new", n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := mail.ReadMessage(f)
+		f.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", n, err)
+		}
+		id := m.Header.Get("Message-ID")
+		rcpt, ok := want[id]
+		if !ok || m.Header.Get("Delivered-To") != rcpt || m.Header.Get("To") != rcpt || m.Header.Get("Return-Path") != "<"+kmsAddr+">" {
+			t.Errorf("%s: Message-ID %q Delivered-To %q To %q Return-Path %q; want one of the queued mails, to its recipient, from %s",
+				n, id, m.Header.Get("Delivered-To"), m.Header.Get("To"), m.Header.Get("Return-Path"), kmsAddr)
+		}
+		delete(want, id)
+	}
+	stop()
+	if got := value(t, o.m.sent); got != 3 {
+		t.Errorf("kms_outbox_sent_total = %v, want 3", got)
+	}
+	var h dto.Metric
+	o.m.latency.Write(&h)
+	if h.Histogram.GetSampleCount() != 3 || h.Histogram.GetSampleSum() != 3*90 {
+		t.Errorf("latency: %d samples summing %vs, want 3 of 90s (queued, then the clock moved 90s)",
+			h.Histogram.GetSampleCount(), h.Histogram.GetSampleSum())
+	}
+}
+
+// A crash after the file is written and before MarkSent: the lease runs
+// out, the mail is claimed again and delivered again, and there is still
+// one file.
+func TestOutboxMaildirExactlyOnceAcrossCrash(t *testing.T) {
+	e := newOutEnv(t)
+	md := newMaildir(t)
+	ctx := context.Background()
+	id := e.queue(t, kms.MailCertificate, "alice@example.com")
+	const lease = 2 * time.Minute
+	attempt := func() kms.OutboxMessage {
+		t.Helper()
+		rows, err := e.store.ClaimOutbox(ctx, e.clock.Now(), lease, 10)
+		if err != nil || len(rows) != 1 || rows[0].ID != id {
+			t.Fatalf("ClaimOutbox = %+v, %v; want outbox %d", rows, err, id)
+		}
+		msg, err := textRenderer{from: kmsAddr}.Render(ctx, rows[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := md.Deliver(ctx, kmsAddr, []string{rows[0].To}, msg, DeliveryKey(rows[0])); err != nil {
+			t.Fatal(err)
+		}
+		return rows[0]
+	}
+	first := attempt()
+	// The process dies here: no MarkSent. While the lease holds, nobody
+	// else may take the mail.
+	if rows, err := e.store.ClaimOutbox(ctx, e.clock.Now(), lease, 10); err != nil || len(rows) != 0 {
+		t.Fatalf("claimed %d rows under a live lease (%v), want none", len(rows), err)
+	}
+	// Meanwhile the administrator reads it in mutt: it moves to cur/.
+	name := files(t, md.Dir(), "new")[0]
+	if err := os.Rename(filepath.Join(md.Dir(), "new", name), filepath.Join(md.Dir(), "cur", name+":2,S")); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(lease + time.Second)
+	second := attempt()
+	if second.Attempts != 2 || DeliveryKey(second) != DeliveryKey(first) {
+		t.Fatalf("second claim: attempt %d key %s; want attempt 2 and key %s", second.Attempts, DeliveryKey(second), DeliveryKey(first))
+	}
+	if err := e.store.MarkSent(ctx, id, e.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if n, c := len(files(t, md.Dir(), "new")), len(files(t, md.Dir(), "cur")); n != 0 || c != 1 {
+		t.Fatalf("new/ %d and cur/ %d files, want the one message, read, in cur/", n, c)
+	}
+}
+
+func TestOutboxRetriesTemporaryFailures(t *testing.T) {
+	e := newOutEnv(t)
+	relay := startRelay(t, true)
+	relay.reply("flaky@example.com", 451, 250)
+	tr, err := NewRelay(relay.relayConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := e.queue(t, kms.MailCertificate, "flaky@example.com")
+	o, stop := e.run(t, OutboxConfig{Transport: tr})
+
+	r := e.waitRow(t, id, "the first attempt to fail", func(r outRow) bool { return r.attempts == 1 && r.lastError != "" })
+	if r.state != "pending" || r.claimed != 0 || !r.next.Equal(t0.Add(time.Minute)) || !strings.Contains(r.lastError, "451") {
+		t.Fatalf("after a 451: %+v; want pending, released, next attempt at %v, the reply in last_error", r, t0.Add(time.Minute))
+	}
+	// Nothing happens before the backoff is over ...
+	o.Notify()
+	e.clock.Advance(59 * time.Second)
+	o.Notify()
+	if got := relay.rcptCount("flaky@example.com"); got != 1 {
+		// (not a timing check: with the clock before next_attempt_at no
+		// claim can return the row, however long we wait)
+		t.Fatalf("relay saw %d attempts before the backoff was over, want 1", got)
+	}
+	// ... and then the mail goes.
+	e.clock.Advance(time.Second)
+	o.Notify()
+	e.waitRow(t, id, "delivery after the backoff", func(r outRow) bool { return r.state == "sent" })
+	got := relay.received()
+	if len(got) != 1 || got[0].user != relayUser || !got[0].tls {
+		t.Fatalf("relay received %+v; want one message over TLS as %s", got, relayUser)
+	}
+	if string(got[0].data) != mustRender(t, e, id) {
+		t.Errorf("relayed bytes differ from the rendered message:\n%s", got[0].data)
+	}
+	stop()
+	if value(t, o.m.retried) != 1 || value(t, o.m.sent) != 1 {
+		t.Errorf("retried %v sent %v, want 1 and 1", value(t, o.m.retried), value(t, o.m.sent))
+	}
+}
+
+// mustRender renders outbox row id as the worker did.
+func mustRender(t testing.TB, e *outEnv, id int64) string {
+	t.Helper()
+	r := e.row(t, id)
+	var (
+		to      string
+		created int64
+		irt     string
+	)
+	if err := e.db.QueryRow(`SELECT recipient, created_at, in_reply_to FROM outbox WHERE id = $1`, id).Scan(&to, &created, &irt); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := textRenderer{from: kmsAddr}.Render(context.Background(), kms.OutboxMessage{ID: id, Kind: kms.MailCertificate, To: to,
+		MessageID: r.messageID, InReplyTo: irt, CreatedAt: time.UnixMilli(created).UTC(), Payload: kms.OutboxPayload{Email: to}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(msg)
+}
+
+func TestOutboxFailsPermanentRefusals(t *testing.T) {
+	e := newOutEnv(t)
+	relay := startRelay(t, true)
+	relay.reply("gone@example.com", 550)
+	tr, err := NewRelay(relay.relayConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := e.queue(t, kms.MailReminder, "gone@example.com")
+	ok := e.queue(t, kms.MailReminder, "alice@example.com")
+	o, stop := e.run(t, OutboxConfig{Transport: tr})
+	r := e.waitRow(t, id, "the refused mail to fail", func(r outRow) bool { return r.state == "failed" })
+	if r.attempts != 1 || !strings.Contains(r.lastError, "550") {
+		t.Errorf("failed row %+v; want one attempt and the 550 in last_error", r)
+	}
+	e.waitRow(t, ok, "the other mail to go", func(r outRow) bool { return r.state == "sent" })
+	stop()
+	if got := o.failedCount(t, failPermanent); got != 1 {
+		t.Errorf("kms_outbox_failed_total{reason=permanent} = %v, want 1", got)
+	}
+	var audit int
+	e.db.QueryRow(`SELECT count(*) FROM audit WHERE action = 'mail-failed'`).Scan(&audit)
+	if audit != 1 {
+		t.Errorf("%d mail-failed audit records, want 1", audit)
+	}
+}
+
+func TestOutboxGivesUpAfterRetryFor(t *testing.T) {
+	e := newOutEnv(t)
+	relay := startRelay(t, true)
+	relay.reply("busy@example.com", 451)
+	tr, err := NewRelay(relay.relayConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := e.queue(t, kms.MailReminder, "busy@example.com")
+	o, stop := e.run(t, OutboxConfig{Transport: tr, RetryFor: 3 * time.Minute})
+
+	// Attempt 1 at t0 fails: back off 1 minute.
+	r := e.waitRow(t, id, "attempt 1", func(r outRow) bool { return r.attempts == 1 && r.claimed == 0 && r.lastError != "" })
+	if !r.next.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("after attempt 1 next = %v, want t0+1m", r.next)
+	}
+	// Attempt 2 at t0+1m fails: 2 minutes would pass retry_for, so the
+	// last attempt is at its end.
+	e.clock.Advance(time.Minute)
+	o.Notify()
+	r = e.waitRow(t, id, "attempt 2", func(r outRow) bool { return r.attempts == 2 && r.claimed == 0 })
+	if r.state != "pending" || !r.next.Equal(t0.Add(3*time.Minute)) {
+		t.Fatalf("after attempt 2: %+v, want pending until t0+3m", r)
+	}
+	// Attempt 3 at t0+3m fails: retry_for is over.
+	e.clock.Advance(2 * time.Minute)
+	o.Notify()
+	r = e.waitRow(t, id, "the mail to be given up", func(r outRow) bool { return r.state == "failed" })
+	if r.attempts != 3 || !strings.Contains(r.lastError, "gave up after 3 attempts") {
+		t.Fatalf("failed row %+v; want 3 attempts and why in last_error", r)
+	}
+	stop()
+	if o.failedCount(t, failExpired) != 1 || value(t, o.m.retried) != 2 {
+		t.Errorf("failed{expired} %v retried %v; want 1 and 2", o.failedCount(t, failExpired), value(t, o.m.retried))
+	}
+}
+
+func TestOutboxFailsUnrenderableMail(t *testing.T) {
+	e := newOutEnv(t)
+	md := newMaildir(t)
+	id := e.queue(t, kms.OutboxKind("no-such-kind"), "alice@example.com")
+	o, stop := e.run(t, OutboxConfig{Transport: md})
+	r := e.waitRow(t, id, "the mail to fail", func(r outRow) bool { return r.state == "failed" })
+	stop()
+	if !strings.Contains(r.lastError, "render") || o.failedCount(t, failRender) != 1 {
+		t.Fatalf("row %+v, failed{render} %v; want a render failure counted", r, o.failedCount(t, failRender))
+	}
+	if n := len(files(t, md.Dir(), "new")); n != 0 {
+		t.Fatalf("%d files delivered, want none", n)
+	}
+}
+
+func TestOutboxHonoursRate(t *testing.T) {
+	e := newOutEnv(t)
+	md := newMaildir(t)
+	for i := range 5 {
+		e.queue(t, kms.MailReminder, fmt.Sprintf("user%d@example.com", i))
+	}
+	// One mail a second, on a clock that only the test moves.
+	o, _ := e.run(t, OutboxConfig{Transport: md, Rate: 1, Workers: 4})
+	settle := func(want int) {
+		t.Helper()
+		// The worker has sent want mails and is waiting for the next token.
+		eventually(t, fmt.Sprintf("%d sent and the worker waiting", want), func() bool {
+			return value(t, o.m.sent) == float64(want) && value(t, o.m.rateLimited) == float64(want)
+		})
+		if n := len(files(t, md.Dir(), "new")); n != want {
+			t.Fatalf("%d mails delivered, want %d", n, want)
+		}
+	}
+	settle(1)
+	e.clock.Advance(time.Second)
+	settle(2)
+	e.clock.Advance(time.Second)
+	settle(3)
+	// A long pause earns one second's worth, not ten.
+	e.clock.Advance(10 * time.Second)
+	settle(4)
+}
+
+func TestOutboxNotifyWakesTheWorker(t *testing.T) {
+	e := newOutEnv(t)
+	md := newMaildir(t)
+	first := e.queue(t, kms.MailReminder, "alice@example.com")
+	o, _ := e.run(t, OutboxConfig{Transport: md, PollInterval: time.Hour})
+	e.waitRow(t, first, "the first mail", func(r outRow) bool { return r.state == "sent" })
+	// The queue is empty and the next poll is an hour away.
+	second := e.queue(t, kms.MailReminder, "bob@example.com")
+	o.Notify()
+	e.waitRow(t, second, "the mail queued after Notify", func(r outRow) bool { return r.state == "sent" })
+}
+
+func TestBackoff(t *testing.T) {
+	for attempt, want := range map[int]time.Duration{
+		0: time.Minute, 1: time.Minute, 2: 2 * time.Minute, 3: 4 * time.Minute, 6: 32 * time.Minute,
+		7: time.Hour, 8: time.Hour, 100: time.Hour,
+	} {
+		if got := backoff(attempt); got != want {
+			t.Errorf("backoff(%d) = %v, want %v", attempt, got, want)
+		}
+	}
+}
+
+func TestNewOutboxChecksConfig(t *testing.T) {
+	e := newOutEnv(t)
+	md := newMaildir(t)
+	for _, cfg := range []OutboxConfig{
+		{Renderer: textRenderer{}, Transport: md, From: kmsAddr},
+		{Store: e.store, Transport: md, From: kmsAddr},
+		{Store: e.store, Renderer: textRenderer{}, From: kmsAddr},
+		{Store: e.store, Renderer: textRenderer{}, Transport: md},
+	} {
+		if _, err := NewOutbox(cfg); err == nil {
+			t.Errorf("NewOutbox(%+v) accepted an incomplete configuration", cfg)
+		}
+	}
+}
+
+// gatedTransport holds each delivery until the test opens the gate.
+type gatedTransport struct {
+	Transport
+	entered, gate chan struct{}
+}
+
+func (g gatedTransport) Deliver(ctx context.Context, from string, to []string, msg []byte, key string) error {
+	g.entered <- struct{}{}
+	<-g.gate
+	return g.Transport.Deliver(ctx, from, to, msg, key)
+}
+
+func TestOutboxShutdownFinishesDeliveriesInFlight(t *testing.T) {
+	e := newOutEnv(t)
+	relay := startRelay(t, true)
+	tr, err := NewRelay(relay.relayConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := e.queue(t, kms.MailCertificate, "alice@example.com")
+	g := gatedTransport{Transport: tr, entered: make(chan struct{}), gate: make(chan struct{})}
+	o, err := NewOutbox(OutboxConfig{Store: e.store, Renderer: textRenderer{from: kmsAddr}, Transport: g, Clock: e.clock, From: kmsAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- o.Run(ctx) }()
+	<-g.entered
+	cancel() // shutdown while the mail is being delivered
+	close(g.gate)
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if r := e.row(t, id); r.state != "sent" || len(relay.received()) != 1 {
+		t.Fatalf("after shutdown: row %+v, relay got %d; want the delivery finished and recorded", r, len(relay.received()))
+	}
+}

@@ -1,0 +1,255 @@
+package mail
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kmsmail/kms/clock"
+	"github.com/kmsmail/kms/kms"
+	"github.com/kmsmail/kms/mail/smime"
+	"github.com/kmsmail/kms/policy"
+)
+
+// Lifecycle is what the request processor needs of kms.Service.
+type Lifecycle interface {
+	EnrollByCode(ctx context.Context, addr, code string, pub crypto.PublicKey, req kms.Request) (*kms.Certificate, error)
+	Renew(ctx context.Context, serial string, req kms.Request) (*kms.Certificate, error)
+	Rekey(ctx context.Context, serial string, pub crypto.PublicKey, req kms.Request) (*kms.Certificate, error)
+	CertForSigner(ctx context.Context, der []byte) (*kms.Certificate, error)
+	GetUser(ctx context.Context, addr string) (*kms.UserDetail, error)
+	RefuseInbound(ctx context.Context, id int64, reply *kms.Reply, outcome string) error
+	Policies() policy.Set
+}
+
+// InboundQueue is the store side of received mail.
+type InboundQueue interface {
+	ClaimInbound(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]kms.Inbound, error)
+	RetryInbound(ctx context.Context, id int64, next time.Time, why string) error
+	FinishInbound(ctx context.Context, id int64, state kms.InboundState, outcome string, now time.Time) error
+}
+
+// Identity is the KMS's own certificates and key: the current certificate
+// signs, and any of them may be the one a request was encrypted to.
+type Identity interface {
+	KMSCertificates() []*x509.Certificate
+	KMS() (*x509.Certificate, crypto.Signer)
+}
+
+// ProcessorOptions configure a Processor.
+type ProcessorOptions struct {
+	Service  Lifecycle
+	Queue    InboundQueue
+	Identity Identity
+	// Roots are the CAs whose certificates may sign renewal requests: the
+	// KMS root, plus CAs trusted for imported certificates.
+	Roots *x509.CertPool
+	// Intermediates help build chains (the issuing CA).
+	Intermediates *x509.CertPool
+	Limits        smime.Limits
+	Clock         clock.Clock
+	Log           *slog.Logger
+	Registerer    prometheus.Registerer
+	// Workers is how many messages are processed at once (default 2).
+	Workers int
+	// Poll is how often the queue is checked without a Notify (default 1s).
+	Poll time.Duration
+	// MaxAttempts is how often a message whose processing failed for a
+	// temporary reason is tried before it is set aside as failed (default 8).
+	MaxAttempts int
+}
+
+// Processor turns received messages into lifecycle operations: enrollment
+// by code (SPEC 4.1) and renewal or rekey by signed request (SPEC 4.2). It
+// answers only users on record, at the address on record, and drops
+// everything else without a reply (SPEC 4: no backscatter).
+type Processor struct {
+	opt     ProcessorOptions
+	wake    chan struct{}
+	handled *prometheus.CounterVec
+}
+
+// lease is how long a claimed message is ours before another worker may
+// take it; processing one message takes milliseconds.
+const lease = 2 * time.Minute
+
+// NewProcessor builds a Processor.
+func NewProcessor(opt ProcessorOptions) *Processor {
+	if opt.Workers <= 0 {
+		opt.Workers = 2
+	}
+	if opt.Poll <= 0 {
+		opt.Poll = time.Second
+	}
+	if opt.MaxAttempts <= 0 {
+		opt.MaxAttempts = 8
+	}
+	if opt.Log == nil {
+		opt.Log = slog.New(slog.DiscardHandler)
+	}
+	p := &Processor{opt: opt, wake: make(chan struct{}, 1),
+		handled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kms_mail_requests_total",
+			Help: "Received messages by outcome: issued, rejected (answered), dropped (not answered), failed."},
+			[]string{"outcome", "reason"})}
+	if opt.Registerer != nil {
+		opt.Registerer.MustRegister(p.handled)
+	}
+	return p
+}
+
+// Notify wakes the workers: a message was just accepted.
+func (p *Processor) Notify() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run processes the queue until ctx ends.
+func (p *Processor) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	work := make(chan kms.Inbound)
+	for i := 0; i < p.opt.Workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for m := range work {
+				p.processOne(ctx, m)
+			}
+		}()
+	}
+	defer func() {
+		close(work)
+		wg.Wait()
+	}()
+	t := time.NewTicker(p.opt.Poll)
+	defer t.Stop()
+	for {
+		for {
+			batch, err := p.opt.Queue.ClaimInbound(ctx, p.opt.Clock.Now(), lease, 4*p.opt.Workers)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				p.opt.Log.Error("inbound: claim failed", "err", err)
+				break
+			}
+			for _, m := range batch {
+				select {
+				case work <- m:
+				case <-ctx.Done():
+					return nil
+				}
+			}
+			if len(batch) == 0 {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-p.wake:
+		case <-t.C:
+		}
+	}
+}
+
+// processOne handles one message and records its fate; a temporary failure
+// is retried with backoff, and a message that keeps failing is set aside.
+func (p *Processor) processOne(ctx context.Context, m kms.Inbound) {
+	err := p.Process(ctx, m)
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	now := p.opt.Clock.Now()
+	if m.Attempts >= p.opt.MaxAttempts {
+		p.opt.Log.Error("inbound: giving up on message", "id", m.ID, "attempts", m.Attempts, "err", err)
+		p.count("failed", "gave_up")
+		if ferr := p.opt.Queue.FinishInbound(ctx, m.ID, kms.InboundFailed, err.Error(), now); ferr != nil {
+			p.opt.Log.Error("inbound: cannot record failure", "id", m.ID, "err", ferr)
+		}
+		return
+	}
+	backoff := time.Duration(1<<min(m.Attempts, 10)) * time.Second
+	p.opt.Log.Warn("inbound: processing failed, will retry", "id", m.ID, "attempt", m.Attempts, "retry_in", backoff, "err", err)
+	if rerr := p.opt.Queue.RetryInbound(ctx, m.ID, now.Add(backoff), err.Error()); rerr != nil {
+		p.opt.Log.Error("inbound: cannot schedule retry", "id", m.ID, "err", rerr)
+	}
+}
+
+func (p *Processor) count(outcome, reason string) {
+	p.handled.WithLabelValues(outcome, reason).Inc()
+}
+
+// request is one message being processed.
+type request struct {
+	in        kms.Inbound
+	msg       *smime.Request
+	messageID string // with angle brackets, for In-Reply-To
+}
+
+// Process handles one received message to the end: a certificate issued,
+// a rejection queued, or the message dropped. It returns an error only for
+// temporary failures worth a retry (the database, a concurrent change).
+func (p *Processor) Process(ctx context.Context, in kms.Inbound) error {
+	log := p.opt.Log.With("inbound", in.ID, "mail_from", in.MailFrom, "remote", in.RemoteAddr)
+	if in.MailFrom == "" {
+		return p.drop(ctx, in, "null return path (a bounce or notification)", log)
+	}
+	msg, err := smime.ParseRequest(in.Raw, p.opt.Limits)
+	if err != nil {
+		return p.refuse(ctx, request{in: in}, "", "unreadable", fmt.Sprintf("kms could not read your message: %v.", err), err, log)
+	}
+	r := request{in: in, msg: msg}
+	if msg.MessageID != "" {
+		r.messageID = "<" + msg.MessageID + ">"
+	}
+	log = log.With("from", msg.From, "message_id", msg.MessageID)
+	switch {
+	case msg.IsAutoSubmitted():
+		return p.drop(ctx, in, "Auto-Submitted: "+msg.AutoSubmitted, log)
+	case strings.HasPrefix(msg.ContentType, "multipart/report"):
+		return p.drop(ctx, in, "delivery or disposition report", log)
+	}
+	if msg.Kind == smime.KindEnveloped {
+		inner, err := p.decrypt(msg)
+		if err != nil {
+			return p.refuse(ctx, r, msg.From, "undecryptable",
+				"kms could not decrypt your message. Encrypt requests to the certificate kms signs its mail with, or send them unencrypted.", err, log)
+		}
+		msg, r.msg = inner, inner
+	}
+	if msg.Kind == smime.KindSigned || msg.Kind == smime.KindSignedOpaque {
+		return p.signed(ctx, r, log)
+	}
+	return p.enrollment(ctx, r, nil, log)
+}
+
+// decrypt tries each KMS certificate the request may be encrypted to.
+func (p *Processor) decrypt(msg *smime.Request) (*smime.Request, error) {
+	_, key := p.opt.Identity.KMS()
+	dec, ok := key.(crypto.Decrypter)
+	if !ok {
+		return nil, errors.New("the KMS key cannot decrypt")
+	}
+	var lastErr error
+	for _, c := range p.opt.Identity.KMSCertificates() {
+		inner, err := msg.Decrypt(c, dec)
+		if err == nil {
+			return inner, nil
+		}
+		lastErr = err
+		if !errors.Is(err, smime.ErrNotRecipient) {
+			break
+		}
+	}
+	return nil, lastErr
+}

@@ -1,0 +1,201 @@
+package mail
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Errors of the relay session that are about the relay or the
+// configuration rather than the message.
+var (
+	// ErrNoStartTLS: the relay does not offer STARTTLS and relay.starttls
+	// requires it.
+	ErrNoStartTLS = errors.New("the relay does not offer STARTTLS, which relay.starttls requires (fix the relay, or set relay.starttls: false for a relay on a trusted network)")
+	// ErrAuthInClear: a username is configured but the session is not
+	// encrypted, and kms does not send a password in clear.
+	ErrAuthInClear = errors.New("refusing to send the relay password over an unencrypted connection (enable STARTTLS on the relay and relay.starttls, or remove relay.username)")
+)
+
+// RelayConfig configures a Relay. The zero value of every field but Addr
+// and Hostname is a working default, and the secure one: STARTTLS required.
+type RelayConfig struct {
+	Addr     string // host:port of the submission server
+	Hostname string // the name kms gives in EHLO (config smtp.hostname)
+	Username string // "" means no AUTH
+	Password []byte // read by the caller from relay.password_file or KMS_RELAY_PASSWORD
+	// AllowPlaintext is relay.starttls: false. The session then stays in
+	// clear, even if the relay offers STARTTLS: such relays are typically a
+	// local MTA with a self-signed certificate that would fail verification.
+	AllowPlaintext bool
+	// TLSConfig verifies the relay's certificate; nil means the system
+	// roots and the host name of Addr.
+	TLSConfig   *tls.Config
+	DialTimeout time.Duration // default 30s
+	// Timeout bounds the wait for each reply, including the one after the
+	// message data. Default 2 minutes; the whole session is further bounded
+	// by the context passed to Deliver.
+	Timeout time.Duration
+}
+
+// Relay delivers through an SMTP submission server, one connection per
+// message: the outbox sends a few messages a minute, not a stream, and a
+// fresh session per message keeps one message's failure from affecting the
+// next (a connection pool would save a TLS handshake at the price of that).
+//
+// Failures are classified by where they happen. Up to and including MAIL
+// FROM (connect, TLS, EHLO, AUTH) a failure is the relay's or the
+// configuration's and would hit every message alike, so it is temporary even
+// when the reply is a 5xx: mail waits in the queue for the operator instead
+// of being given up wholesale. A 5xx to RCPT TO or to the message data is
+// about this message and is permanent.
+type Relay struct {
+	addr, hostname  string
+	username        string
+	password        string
+	plain           bool
+	tls             *tls.Config
+	dial, cmdTimout time.Duration
+}
+
+// NewRelay checks cfg and returns a Relay.
+func NewRelay(cfg RelayConfig) (*Relay, error) {
+	host, _, err := net.SplitHostPort(cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("relay.addr %q: want host:port, e.g. smtp.example.com:587: %w", cfg.Addr, err)
+	}
+	if cfg.Hostname == "" {
+		return nil, errors.New("relay: empty EHLO hostname (set smtp.hostname)")
+	}
+	if cfg.Username != "" && cfg.AllowPlaintext {
+		return nil, fmt.Errorf("relay: %w", ErrAuthInClear)
+	}
+	r := &Relay{addr: cfg.Addr, hostname: cfg.Hostname, username: cfg.Username, password: string(cfg.Password),
+		plain: cfg.AllowPlaintext, dial: cfg.DialTimeout, cmdTimout: cfg.Timeout}
+	if r.dial <= 0 {
+		r.dial = 30 * time.Second
+	}
+	if r.cmdTimout <= 0 {
+		r.cmdTimout = 2 * time.Minute
+	}
+	if cfg.TLSConfig != nil {
+		r.tls = cfg.TLSConfig.Clone()
+	} else {
+		r.tls = &tls.Config{}
+	}
+	if r.tls.ServerName == "" {
+		r.tls.ServerName = host
+	}
+	if r.tls.MinVersion == 0 {
+		r.tls.MinVersion = tls.VersionTLS12
+	}
+	return r, nil
+}
+
+// Deliver sends msg to the relay in one SMTP session. Cancelling ctx
+// aborts the session.
+func (r *Relay) Deliver(ctx context.Context, from string, to []string, msg []byte, _ string) error {
+	if len(to) == 0 {
+		return Permanent(errors.New("relay: no recipient"))
+	}
+	d := net.Dialer{Timeout: r.dial}
+	conn, err := d.DialContext(ctx, "tcp", r.addr)
+	if err != nil {
+		return fmt.Errorf("relay %s: connect: %w", r.addr, err)
+	}
+	// go-smtp's client sets deadlines per command only; closing the
+	// connection is what makes the context bound the whole session,
+	// including writing the data.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	err = r.session(conn, from, to, msg)
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("relay %s: %w (%v)", r.addr, ctx.Err(), err)
+	}
+	return err
+}
+
+func (r *Relay) session(conn net.Conn, from string, to []string, msg []byte) error {
+	c, err := r.open(conn)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if r.username != "" {
+		if _, ok := c.TLSConnectionState(); !ok {
+			return fmt.Errorf("relay %s: %w", r.addr, ErrAuthInClear)
+		}
+		if !c.SupportsAuth(sasl.Plain) {
+			return fmt.Errorf("relay %s: does not offer AUTH PLAIN, the only mechanism kms uses", r.addr)
+		}
+		if err := c.Auth(sasl.NewPlainClient("", r.username, r.password)); err != nil {
+			return fmt.Errorf("relay %s: AUTH as %s refused (check relay.username and the password): %w", r.addr, r.username, err)
+		}
+	}
+	if err := c.Mail(from, nil); err != nil {
+		return r.fail("MAIL FROM:<"+from+">", err, false)
+	}
+	for _, rcpt := range to {
+		if err := c.Rcpt(rcpt, nil); err != nil {
+			return r.fail("RCPT TO:<"+rcpt+">", err, true)
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return r.fail("DATA", err, true)
+	}
+	if _, err := w.Write(msg); err != nil {
+		return fmt.Errorf("relay %s: sending the message: %w", r.addr, err)
+	}
+	if err := w.Close(); err != nil {
+		return r.fail("end of data", err, true)
+	}
+	// The message is accepted; a failed QUIT changes nothing.
+	_ = c.Quit()
+	return nil
+}
+
+// open greets the relay and, unless plaintext is allowed, starts TLS.
+//
+// go-smtp's client can only start TLS through NewClientStartTLS, which says
+// EHLO with its default name "localhost" before TLS; the EHLO that counts,
+// the one inside TLS that the relay's policy sees, carries our hostname.
+func (r *Relay) open(conn net.Conn) (*smtp.Client, error) {
+	var c *smtp.Client
+	if r.plain {
+		c = smtp.NewClient(conn)
+	} else {
+		var err error
+		c, err = smtp.NewClientStartTLS(conn, r.tls)
+		if err != nil {
+			// go-smtp reports a missing STARTTLS with this plain error.
+			if err.Error() == "smtp: server doesn't support STARTTLS" {
+				return nil, fmt.Errorf("relay %s: %w", r.addr, ErrNoStartTLS)
+			}
+			return nil, fmt.Errorf("relay %s: STARTTLS: %w", r.addr, err)
+		}
+	}
+	c.CommandTimeout, c.SubmissionTimeout = r.cmdTimout, r.cmdTimout
+	if err := c.Hello(r.hostname); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("relay %s: EHLO: %w", r.addr, err)
+	}
+	return c, nil
+}
+
+// fail wraps a command's error, as permanent when the relay refused the
+// message itself with a 5xx.
+func (r *Relay) fail(stage string, err error, perMessage bool) error {
+	err = fmt.Errorf("relay %s: %s: %w", r.addr, stage, err)
+	var se *smtp.SMTPError
+	if perMessage && errors.As(err, &se) && se.Code >= 500 && se.Code < 600 {
+		return Permanent(err)
+	}
+	return err
+}

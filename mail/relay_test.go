@@ -1,0 +1,134 @@
+package mail
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+)
+
+const relayedMsg = "From: kms@example.com\r\nTo: alice@example.com\r\nSubject: hi\r\n\r\n.a dot line\r\nbody\r\n"
+
+func TestRelayDeliversOverSTARTTLSWithAuth(t *testing.T) {
+	srv := startRelay(t, true)
+	r, err := NewRelay(srv.relayConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Deliver(context.Background(), kmsAddr, []string{"alice@example.com"}, []byte(relayedMsg), "k"); err != nil {
+		t.Fatal(err)
+	}
+	got := srv.received()
+	if len(got) != 1 {
+		t.Fatalf("relay received %d messages, want 1", len(got))
+	}
+	m := got[0]
+	if !m.tls || m.user != relayUser || m.from != kmsAddr || strings.Join(m.to, ",") != "alice@example.com" {
+		t.Errorf("relayed tls=%v user=%q from=%q to=%q; want TLS, %q, %q, alice@example.com", m.tls, m.user, m.from, m.to, relayUser, kmsAddr)
+	}
+	if string(m.data) != relayedMsg {
+		t.Errorf("relayed data %q, want %q", m.data, relayedMsg)
+	}
+}
+
+func TestRelayRequiresSTARTTLS(t *testing.T) {
+	srv := startRelay(t, false) // offers no STARTTLS
+	r, err := NewRelay(RelayConfig{Addr: srv.addr, Hostname: "kms.example.com", Username: relayUser, Password: []byte(relayPass)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Deliver(context.Background(), kmsAddr, []string{"alice@example.com"}, []byte(relayedMsg), "k")
+	if !errors.Is(err, ErrNoStartTLS) || IsPermanent(err) {
+		t.Fatalf("Deliver = %v; want ErrNoStartTLS, temporary", err)
+	}
+	if n := len(srv.received()); n != 0 || srv.auths() != 0 {
+		t.Fatalf("relay received %d messages and %d AUTH; want none", n, srv.auths())
+	}
+}
+
+func TestRelayRefusesUntrustedCertificate(t *testing.T) {
+	srv := startRelay(t, true)
+	cfg := srv.relayConfig()
+	cfg.TLSConfig = nil // the system roots do not know the test certificate
+	r, err := NewRelay(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Deliver(context.Background(), kmsAddr, []string{"alice@example.com"}, []byte(relayedMsg), "k")
+	if err == nil || IsPermanent(err) {
+		t.Fatalf("Deliver = %v; want a temporary TLS error", err)
+	}
+	if srv.auths() != 0 || len(srv.received()) != 0 {
+		t.Fatal("the password or the message went to an unverified server")
+	}
+}
+
+func TestRelayPlaintextWhenAllowed(t *testing.T) {
+	srv := startRelay(t, false)
+	if _, err := NewRelay(RelayConfig{Addr: srv.addr, Hostname: "kms.example.com", AllowPlaintext: true,
+		Username: relayUser, Password: []byte(relayPass)}); !errors.Is(err, ErrAuthInClear) {
+		t.Fatalf("NewRelay with a password and no TLS = %v, want ErrAuthInClear", err)
+	}
+	r, err := NewRelay(RelayConfig{Addr: srv.addr, Hostname: "kms.example.com", AllowPlaintext: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Deliver(context.Background(), kmsAddr, []string{"alice@example.com"}, []byte(relayedMsg), "k"); err != nil {
+		t.Fatal(err)
+	}
+	if got := srv.received(); len(got) != 1 || got[0].tls {
+		t.Fatalf("received %+v, want one message in clear", got)
+	}
+}
+
+func TestRelayWrongPasswordIsTemporary(t *testing.T) {
+	srv := startRelay(t, true)
+	cfg := srv.relayConfig()
+	cfg.Password = []byte("wrong")
+	r, err := NewRelay(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Deliver(context.Background(), kmsAddr, []string{"alice@example.com"}, []byte(relayedMsg), "k")
+	// A 535 is a 5xx, but it is the configuration's fault and would fail
+	// every message alike: the queue waits for the operator.
+	if err == nil || IsPermanent(err) || !strings.Contains(err.Error(), "relay.username") {
+		t.Fatalf("Deliver = %v; want a temporary error naming relay.username", err)
+	}
+	if len(srv.received()) != 0 {
+		t.Fatal("message relayed without authentication")
+	}
+}
+
+func TestRelayClassifiesReplies(t *testing.T) {
+	srv := startRelay(t, true)
+	srv.reply("busy@example.com", 451)
+	srv.reply("gone@example.com", 550)
+	r, err := NewRelay(srv.relayConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		rcpt      string
+		permanent bool
+	}{{"busy@example.com", false}, {"gone@example.com", true}} {
+		err := r.Deliver(context.Background(), kmsAddr, []string{tc.rcpt}, []byte(relayedMsg), "k")
+		if err == nil || IsPermanent(err) != tc.permanent {
+			t.Errorf("%s: Deliver = %v; want an error with IsPermanent %v", tc.rcpt, err, tc.permanent)
+		}
+	}
+	if n := len(srv.received()); n != 0 {
+		t.Fatalf("relay accepted %d messages, want 0", n)
+	}
+}
+
+func TestNewRelayChecksConfig(t *testing.T) {
+	for _, cfg := range []RelayConfig{
+		{Addr: "smtp.example.com", Hostname: "kms.example.com"}, // no port
+		{Addr: "smtp.example.com:587"},                          // no EHLO name
+	} {
+		if _, err := NewRelay(cfg); err == nil {
+			t.Errorf("NewRelay(%+v) accepted a bad configuration", cfg)
+		}
+	}
+}

@@ -1,0 +1,263 @@
+package smime
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/smallstep/pkcs7"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+)
+
+// encryptMu serialises Encrypt: the wrapped library takes its content
+// cipher from a package variable.
+var encryptMu sync.Mutex
+
+// Encrypt makes a CMS EnvelopedData holding content for the recipients
+// (RSA key transport, PKCS#1 v1.5), with AES-256-CBC as the content cipher:
+// what every S/MIME client can read. The library's default would be DES.
+func Encrypt(content []byte, recipients []*x509.Certificate) ([]byte, error) {
+	if len(recipients) == 0 {
+		return nil, errors.New("smime: Encrypt needs at least one recipient")
+	}
+	for _, r := range recipients {
+		if _, ok := r.PublicKey.(*rsa.PublicKey); !ok {
+			return nil, fmt.Errorf("%w: recipient %s has a %T key; only RSA recipients can be encrypted to", ErrUnsupported, r.Subject, r.PublicKey)
+		}
+	}
+	encryptMu.Lock()
+	defer encryptMu.Unlock()
+	pkcs7.ContentEncryptionAlgorithm = pkcs7.EncryptionAlgorithmAES256CBC
+	pkcs7.KeyEncryptionAlgorithm = pkcs7.OIDEncryptionAlgorithmRSA
+	out, err := pkcs7.Encrypt(content, recipients)
+	if err != nil {
+		return nil, fmt.Errorf("smime: encrypting: %w", err)
+	}
+	return out, nil
+}
+
+// Decrypt opens a CMS EnvelopedData (AES-CBC, 3DES) or AuthEnvelopedData
+// (AES-GCM, RFC 5083) addressed to cert by RSA key transport, and returns
+// the content. key is cert's private key; any crypto.Decrypter (an HSM)
+// works.
+func Decrypt(cms []byte, cert *x509.Certificate, key crypto.Decrypter) ([]byte, error) {
+	if cert == nil || key == nil {
+		return nil, errors.New("smime: Decrypt needs the recipient certificate and key")
+	}
+	der, ctype, err := toDER(cms)
+	if err != nil {
+		return nil, err
+	}
+	env, err := parseEnvelope(der)
+	if err != nil {
+		return nil, err
+	}
+	var ri *recipientInfo
+	for i := range env.recipients {
+		if env.recipients[i].matches(cert) {
+			ri = &env.recipients[i]
+			break
+		}
+	}
+	if ri == nil {
+		return nil, fmt.Errorf("%w: none of the %d recipients is %s serial %x", ErrNotRecipient, len(env.recipients), cert.Issuer, cert.SerialNumber)
+	}
+	switch {
+	case ctype.Equal(oidAuthEnveloped):
+		return decryptAuthEnveloped(env, ri, key)
+	case !ri.byIssuerSerial:
+		return nil, fmt.Errorf("%w: recipient identified by subject key identifier in EnvelopedData", ErrUnsupported)
+	default:
+		return decryptLibrary(der, cert, key)
+	}
+}
+
+// decryptLibrary runs the wrapped library's decryption. It panics on some
+// hostile ciphertexts (a partial cipher block, a padding length larger than
+// the plaintext), so panics become ErrDecrypt.
+func decryptLibrary(der []byte, cert *x509.Certificate, key crypto.Decrypter) (out []byte, err error) {
+	p7, err := parseLibrary(der)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			out, err = nil, fmt.Errorf("%w: corrupt ciphertext (%v)", ErrDecrypt, r)
+		}
+	}()
+	out, err = p7.Decrypt(cert, key)
+	switch {
+	case errors.Is(err, pkcs7.ErrUnsupportedAlgorithm), errors.Is(err, pkcs7.ErrUnsupportedAsymmetricEncryptionAlgorithm):
+		return nil, fmt.Errorf("%w: %v", ErrUnsupported, err)
+	case err != nil:
+		return nil, fmt.Errorf("%w: %v", ErrDecrypt, err)
+	}
+	return out, nil
+}
+
+// envelope is what Decrypt reads of an (Auth)EnvelopedData itself.
+type envelope struct {
+	recipients []recipientInfo
+	// For AuthEnvelopedData only:
+	contentAlg cryptobyte.String // AlgorithmIdentifier contents
+	ciphertext []byte
+	authAttrs  []byte // DER SET, or nil
+	mac        []byte
+}
+
+type recipientInfo struct {
+	byIssuerSerial bool
+	issuer         []byte
+	serial         []byte // INTEGER contents
+	ski            []byte
+	keyAlg         cryptobyte.String // AlgorithmIdentifier contents
+	encryptedKey   []byte
+}
+
+func (r *recipientInfo) matches(c *x509.Certificate) bool {
+	if !r.byIssuerSerial {
+		return len(r.ski) > 0 && bytes.Equal(r.ski, c.SubjectKeyId)
+	}
+	var b cryptobyte.Builder
+	b.AddASN1BigInt(c.SerialNumber)
+	serial, err := b.Bytes()
+	return err == nil && bytes.Equal(r.issuer, c.RawIssuer) && bytes.Equal(setContents(serial), r.serial)
+}
+
+var errEnvelope = fmt.Errorf("%w: bad EnvelopedData", ErrMalformed)
+
+// parseEnvelope reads the recipients of an EnvelopedData or
+// AuthEnvelopedData (both start the same way), and the rest of an
+// AuthEnvelopedData.
+func parseEnvelope(der []byte) (*envelope, error) {
+	s := cryptobyte.String(der)
+	var ci, body, ed cryptobyte.String
+	var ctype []int
+	if !s.ReadASN1(&ci, cbasn1.SEQUENCE) || !ci.ReadASN1ObjectIdentifier((*asn1OID)(&ctype)) {
+		return nil, errEnvelope
+	}
+	isAuth := oidAuthEnveloped.Equal(ctype)
+	if !isAuth && !oidEnvelopedData.Equal(ctype) {
+		return nil, fmt.Errorf("%w: CMS content type is %v, not enveloped-data", ErrMalformed, ctype)
+	}
+	var version int64
+	if !ci.ReadASN1(&body, cbasn1.Tag(0).Constructed().ContextSpecific()) ||
+		!body.ReadASN1(&ed, cbasn1.SEQUENCE) || !ed.ReadASN1Int64WithTag(&version, cbasn1.INTEGER) ||
+		!ed.SkipOptionalASN1(cbasn1.Tag(0).Constructed().ContextSpecific()) {
+		return nil, errEnvelope
+	}
+	var set cryptobyte.String
+	if !ed.ReadASN1(&set, cbasn1.SET) {
+		return nil, errEnvelope
+	}
+	env := &envelope{}
+	for !set.Empty() {
+		var ri cryptobyte.String
+		var tag cbasn1.Tag
+		if !set.ReadAnyASN1(&ri, &tag) {
+			return nil, errEnvelope
+		}
+		if tag != cbasn1.SEQUENCE {
+			continue // key agreement, KEK, password: not for us
+		}
+		var r recipientInfo
+		var rid cryptobyte.String
+		if !ri.ReadASN1Int64WithTag(&version, cbasn1.INTEGER) {
+			return nil, errEnvelope
+		}
+		switch {
+		case ri.PeekASN1Tag(cbasn1.SEQUENCE):
+			var serial cryptobyte.String
+			var issuer cryptobyte.String
+			if !ri.ReadASN1(&rid, cbasn1.SEQUENCE) || !rid.ReadASN1Element(&issuer, cbasn1.SEQUENCE) ||
+				!rid.ReadASN1(&serial, cbasn1.INTEGER) {
+				return nil, errEnvelope
+			}
+			r.byIssuerSerial, r.issuer, r.serial = true, issuer, serial
+		case ri.PeekASN1Tag(cbasn1.Tag(0).ContextSpecific()):
+			if !ri.ReadASN1((*cryptobyte.String)(&r.ski), cbasn1.Tag(0).ContextSpecific()) {
+				return nil, errEnvelope
+			}
+		default:
+			return nil, errEnvelope
+		}
+		if !ri.ReadASN1(&r.keyAlg, cbasn1.SEQUENCE) || !ri.ReadASN1((*cryptobyte.String)(&r.encryptedKey), cbasn1.OCTET_STRING) {
+			return nil, errEnvelope
+		}
+		env.recipients = append(env.recipients, r)
+	}
+	if !isAuth {
+		return env, nil
+	}
+	var eci, content cryptobyte.String
+	var innerType []int
+	if !ed.ReadASN1(&eci, cbasn1.SEQUENCE) || !eci.ReadASN1ObjectIdentifier((*asn1OID)(&innerType)) ||
+		!eci.ReadASN1(&env.contentAlg, cbasn1.SEQUENCE) {
+		return nil, errEnvelope
+	}
+	switch {
+	case eci.PeekASN1Tag(cbasn1.Tag(0).ContextSpecific()):
+		if !eci.ReadASN1(&content, cbasn1.Tag(0).ContextSpecific()) {
+			return nil, errEnvelope
+		}
+		env.ciphertext = content
+	case eci.PeekASN1Tag(cbasn1.Tag(0).Constructed().ContextSpecific()):
+		// BER streaming: the ciphertext comes in OCTET STRING chunks.
+		if !eci.ReadASN1(&content, cbasn1.Tag(0).Constructed().ContextSpecific()) {
+			return nil, errEnvelope
+		}
+		for !content.Empty() {
+			var chunk cryptobyte.String
+			if !content.ReadASN1(&chunk, cbasn1.OCTET_STRING) {
+				return nil, errEnvelope
+			}
+			env.ciphertext = append(env.ciphertext, chunk...)
+		}
+	default:
+		return nil, fmt.Errorf("%w: AuthEnvelopedData without content", ErrMalformed)
+	}
+	var attrs cryptobyte.String
+	var hasAttrs bool
+	if !ed.ReadOptionalASN1(&attrs, &hasAttrs, cbasn1.Tag(1).Constructed().ContextSpecific()) ||
+		!ed.ReadASN1((*cryptobyte.String)(&env.mac), cbasn1.OCTET_STRING) {
+		return nil, errEnvelope
+	}
+	if hasAttrs {
+		// RFC 5083 2.2: the authenticated attributes are MACed as a DER SET.
+		var b cryptobyte.Builder
+		b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) { b.AddBytes(attrs) })
+		env.authAttrs, _ = b.Bytes()
+	}
+	return env, nil
+}
+
+// unwrapKey decrypts the content-encryption key of ri. For PKCS#1 v1.5 a
+// failed unwrap yields a random key of keyLen bytes instead of an error, so
+// that the outcome does not tell an attacker whether the padding was valid
+// (Bleichenbacher); the content then fails to decrypt.
+func unwrapKey(ri *recipientInfo, key crypto.Decrypter, keyLen int) ([]byte, error) {
+	alg := ri.keyAlg
+	var oid []int
+	if !alg.ReadASN1ObjectIdentifier((*asn1OID)(&oid)) {
+		return nil, errEnvelope
+	}
+	if _, ok := key.Public().(*rsa.PublicKey); !ok {
+		return nil, fmt.Errorf("%w: key transport with a %T key", ErrUnsupported, key.Public())
+	}
+	switch {
+	case oidRSA.Equal(oid):
+		k, err := key.Decrypt(rand.Reader, ri.encryptedKey, &rsa.PKCS1v15DecryptOptions{SessionKeyLen: keyLen})
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrDecrypt, err)
+		}
+		return k, nil
+	default:
+		return nil, fmt.Errorf("%w: key transport algorithm %v; use RSA PKCS#1 v1.5", ErrUnsupported, oid)
+	}
+}

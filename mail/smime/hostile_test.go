@@ -1,0 +1,99 @@
+package smime
+
+import (
+	"crypto"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"testing"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+)
+
+// envelopeRaw builds an AES-256-CBC EnvelopedData for recipient whose
+// ciphertext is exactly ct (no padding added): the wrapped library panics
+// on some such inputs, which Decrypt must turn into errors.
+func envelopeRaw(t *testing.T, recipient *x509.Certificate, key, iv, ct []byte) []byte {
+	t.Helper()
+	ek, err := rsa.EncryptPKCS1v15(rand.Reader, recipient.PublicKey.(*rsa.PublicKey), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1ObjectIdentifier(oidEnvelopedData)
+		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1Int64(0)
+				b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) {
+					b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+						b.AddASN1Int64(0)
+						b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+							b.AddBytes(recipient.RawIssuer)
+							b.AddASN1BigInt(recipient.SerialNumber)
+						})
+						b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+							b.AddASN1ObjectIdentifier(oidRSA)
+							b.AddASN1NULL()
+						})
+						b.AddASN1OctetString(ek)
+					})
+				})
+				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+					b.AddASN1ObjectIdentifier(oidData)
+					b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+						b.AddASN1ObjectIdentifier(oidAES256CBC)
+						b.AddASN1OctetString(iv)
+					})
+					b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(ct) })
+				})
+			})
+		})
+	})
+	return b.BytesOrPanic()
+}
+
+func TestDecryptHostileCiphertext(t *testing.T) {
+	p := newTestPKI(t)
+	kms := p.issue(t, "kms@example.com", "rsa", userOpts{})
+	key := make([]byte, 32)
+	iv := make([]byte, 16)
+	rand.Read(key)
+	rand.Read(iv)
+	block, _ := aes.NewCipher(key)
+	encrypt := func(plain []byte) []byte {
+		out := make([]byte, len(plain))
+		cipher.NewCBCEncrypter(block, iv).CryptBlocks(out, plain)
+		return out
+	}
+	badPad := make([]byte, 16)
+	badPad[15] = 200 // a padding length beyond the plaintext
+	goodPad := append([]byte("hello world"), 5, 5, 5, 5, 5)
+
+	tests := []struct {
+		name string
+		ct   []byte
+		want error
+	}{
+		{"partial block", make([]byte, 17), ErrDecrypt},
+		{"padding longer than plaintext", encrypt(badPad), ErrDecrypt},
+		{"empty ciphertext", nil, ErrDecrypt},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Decrypt(envelopeRaw(t, kms.cert, key, iv, tt.ct), kms.cert, kms.key.(crypto.Decrypter))
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Decrypt = %v, want %v", err, tt.want)
+			}
+		})
+	}
+	// The builder itself is right: a well-padded ciphertext decrypts.
+	got, err := Decrypt(envelopeRaw(t, kms.cert, key, iv, encrypt(goodPad)), kms.cert, kms.key.(crypto.Decrypter))
+	if err != nil || string(got) != "hello world" {
+		t.Fatalf("control: %q, %v", got, err)
+	}
+}

@@ -15,6 +15,8 @@ type Metrics struct {
 	Refused *prometheus.CounterVec // by operation and reason
 	Revoked *prometheus.CounterVec // by reason
 	Lapsed  prometheus.Counter
+	// Reminders counts reminder mails queued.
+	Reminders prometheus.Counter
 }
 
 // NewMetrics creates the counters and registers them with reg.
@@ -29,17 +31,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Lapsed: prometheus.NewCounter(prometheus.CounterOpts{Name: "kms_users_lapsed_total",
 			Help: "Users whose certificate expired unrenewed."}),
 	}
-	reg.MustRegister(m.Issued, m.Refused, m.Revoked, m.Lapsed)
+	m.Reminders = prometheus.NewCounter(prometheus.CounterOpts{Name: "kms_reminders_sent_total",
+		Help: "Reminder mails queued."})
+	reg.MustRegister(m.Issued, m.Refused, m.Revoked, m.Lapsed, m.Reminders)
 	return m
 }
 
 // StateCollector reports database state at scrape time.
 type StateCollector struct {
-	svc    *Service
-	certs  *prometheus.Desc
-	users  *prometheus.Desc
-	outbox *prometheus.Desc
-	oldest *prometheus.Desc
+	svc     *Service
+	certs   *prometheus.Desc
+	users   *prometheus.Desc
+	outbox  *prometheus.Desc
+	oldest  *prometheus.Desc
+	due     *prometheus.Desc
+	overdue *prometheus.Desc
 }
 
 // NewStateCollector returns a collector over svc's store.
@@ -50,6 +56,9 @@ func NewStateCollector(svc *Service) *StateCollector {
 		users:  prometheus.NewDesc("kms_users", "Users by state.", []string{"state"}, nil),
 		outbox: prometheus.NewDesc("kms_outbox_pending", "Mail waiting to be delivered.", nil, nil),
 		oldest: prometheus.NewDesc("kms_outbox_oldest_pending_seconds", "Age of the oldest undelivered mail.", nil, nil),
+		due:    prometheus.NewDesc("kms_reminders_due", "Reminders due and not yet queued.", nil, nil),
+		overdue: prometheus.NewDesc("kms_reminders_overdue_seconds",
+			"How far behind its schedule the oldest due reminder is: the scheduler's lag.", nil, nil),
 	}
 }
 
@@ -59,6 +68,8 @@ func (c *StateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.users
 	ch <- c.outbox
 	ch <- c.oldest
+	ch <- c.due
+	ch <- c.overdue
 }
 
 // Collect implements prometheus.Collector.
@@ -87,6 +98,13 @@ func (c *StateCollector) Collect(ch chan<- prometheus.Metric) {
 		age = c.svc.clock.Now().Sub(oldest).Seconds()
 	}
 	ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age)
+	st, err := c.svc.ReminderBacklog(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.due, err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.due, prometheus.GaugeValue, float64(st.Due))
+	ch <- prometheus.MustNewConstMetric(c.overdue, prometheus.GaugeValue, st.Overdue.Seconds())
 }
 
 // OutboxDepth returns how many mails wait and when the oldest was queued.

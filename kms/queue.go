@@ -170,14 +170,46 @@ func (s *Store) RetryOutbox(ctx context.Context, id int64, next time.Time, why s
 	return err
 }
 
-// FailOutbox gives a mail up (a permanent 5xx, or retries exhausted).
+// FailOutbox gives a mail up (a permanent 5xx, or retries exhausted),
+// with an audit record.
 func (s *Store) FailOutbox(ctx context.Context, id int64, why string, now time.Time) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `UPDATE outbox SET state = 'failed', last_error = $1 WHERE id = $2`, why, id); err != nil {
+		_, _, _, err := failOutbox(ctx, tx, id, why, now)
+		return err
+	})
+}
+
+// FailOutbox is Store.FailOutbox plus, in the same transaction, a notice to
+// the administrators, unless the mail was itself to them or such a notice
+// (no loops).
+func (s *Service) FailOutbox(ctx context.Context, id int64, why string, now time.Time) error {
+	err := s.store.tx(ctx, func(tx *sql.Tx) error {
+		kind, to, msgID, err := failOutbox(ctx, tx, id, why, now)
+		if err != nil || s.admin == "" || to == s.admin || kind == MailUndeliverable {
 			return err
 		}
-		return insertAudit(ctx, tx, auditEntry{Actor: "system", Action: "mail-failed", Detail: fmt.Sprintf("outbox %d: %s", id, why)}, now)
+		_, err = s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailUndeliverable, To: s.admin,
+			Payload: OutboxPayload{Email: to, Reason: why, Operation: string(kind), Subject: msgID}}, s.msgDom, now)
+		return err
 	})
+	if err == nil {
+		s.mailQueued()
+	}
+	return err
+}
+
+// failOutbox marks one mail failed inside tx and says what it was.
+func failOutbox(ctx context.Context, tx *sql.Tx, id int64, why string, now time.Time) (kind OutboxKind, to, msgID string, err error) {
+	var k string
+	if err := tx.QueryRowContext(ctx, `SELECT kind, recipient, message_id FROM outbox WHERE id = $1`, id).Scan(&k, &to, &msgID); err != nil {
+		return "", "", "", fmt.Errorf("outbox %d: %w", id, err)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE outbox SET state = 'failed', last_error = $1 WHERE id = $2`, why, id); err != nil {
+		return "", "", "", err
+	}
+	err = insertAudit(ctx, tx, auditEntry{Actor: "system", Action: "mail-failed", Email: to,
+		Detail: fmt.Sprintf("%s mail %s: %s", k, msgID, why)}, now)
+	return OutboxKind(k), to, msgID, err
 }
 
 // maxRepliesPerHour caps rejections and lapse notices to one address.

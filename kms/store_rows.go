@@ -158,6 +158,8 @@ const (
 	MailLapse       OutboxKind = "lapse"       // the certificate expired unrenewed, to the user
 	MailLapseAdmin  OutboxKind = "lapse_admin" // the same, to the administrators
 	MailRevocation  OutboxKind = "revocation"  // a certificate was revoked
+	// MailUndeliverable tells the administrators that a mail was given up.
+	MailUndeliverable OutboxKind = "undeliverable"
 )
 
 // OutboxPayload is what the mail renderer needs beyond the row's columns.

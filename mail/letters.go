@@ -139,6 +139,14 @@ func writeLetter(kind kms.OutboxKind, d letterData) (letter, error) {
 		line("by an administrator (reason: %s). Mail clients will no longer trust it.", p.Reason)
 		line("")
 		line("If you need a certificate, ask your administrator to enroll you again.")
+	case kms.MailUndeliverable:
+		subject = "Undeliverable kms mail to " + p.Email
+		line("kms gave up delivering a %s message to %s.", p.Operation, p.Email)
+		line("")
+		line("  Message-ID: %s", p.Subject)
+		line("  Reason:     %s", p.Reason)
+		line("")
+		line("Check the address and the relay; `kms audit --email %s` shows what happened.", p.Email)
 	default:
 		return letter{}, fmt.Errorf("no letter for mail kind %q", kind)
 	}

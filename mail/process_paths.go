@@ -45,7 +45,7 @@ func (p *Processor) signed(ctx context.Context, r request, log *slog.Logger) err
 	if !strings.EqualFold(r.msg.From, cert.Email) {
 		return p.refuse(ctx, r, cert.Email, "from_mismatch",
 			fmt.Sprintf("The message was signed with the certificate of %s but sent from %s. Send renewal requests from the address the certificate names.", cert.Email, r.msg.From),
-			fmt.Errorf("From %s differs from signer %s", r.msg.From, cert.Email), log)
+			fmt.Errorf("sender %s differs from signer %s", r.msg.From, cert.Email), log)
 	}
 	csrs := v.Content.CSRs
 	if len(csrs) > 1 {

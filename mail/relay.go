@@ -56,12 +56,12 @@ type RelayConfig struct {
 // of being given up wholesale. A 5xx to RCPT TO or to the message data is
 // about this message and is permanent.
 type Relay struct {
-	addr, hostname  string
-	username        string
-	password        string
-	plain           bool
-	tls             *tls.Config
-	dial, cmdTimout time.Duration
+	addr, hostname   string
+	username         string
+	password         string
+	plain            bool
+	tls              *tls.Config
+	dial, cmdTimeout time.Duration
 }
 
 // NewRelay checks cfg and returns a Relay.
@@ -77,12 +77,12 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 		return nil, fmt.Errorf("relay: %w", ErrAuthInClear)
 	}
 	r := &Relay{addr: cfg.Addr, hostname: cfg.Hostname, username: cfg.Username, password: string(cfg.Password),
-		plain: cfg.AllowPlaintext, dial: cfg.DialTimeout, cmdTimout: cfg.Timeout}
+		plain: cfg.AllowPlaintext, dial: cfg.DialTimeout, cmdTimeout: cfg.Timeout}
 	if r.dial <= 0 {
 		r.dial = 30 * time.Second
 	}
-	if r.cmdTimout <= 0 {
-		r.cmdTimout = 2 * time.Minute
+	if r.cmdTimeout <= 0 {
+		r.cmdTimeout = 2 * time.Minute
 	}
 	if cfg.TLSConfig != nil {
 		r.tls = cfg.TLSConfig.Clone()
@@ -181,7 +181,7 @@ func (r *Relay) open(conn net.Conn) (*smtp.Client, error) {
 			return nil, fmt.Errorf("relay %s: STARTTLS: %w", r.addr, err)
 		}
 	}
-	c.CommandTimeout, c.SubmissionTimeout = r.cmdTimout, r.cmdTimout
+	c.CommandTimeout, c.SubmissionTimeout = r.cmdTimeout, r.cmdTimeout
 	if err := c.Hello(r.hostname); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("relay %s: EHLO: %w", r.addr, err)

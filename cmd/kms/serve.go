@@ -226,7 +226,7 @@ func (d *daemon) buildMail() error {
 		}
 	}
 	d.outbox, err = mail.NewOutbox(mail.OutboxConfig{
-		Store: d.store, Transport: transport, Clock: d.clock, Log: d.log, Registerer: d.registry,
+		Store: outboxQueue{Store: d.store, svc: d.svc}, Transport: transport, Clock: d.clock, Log: d.log, Registerer: d.registry,
 		Renderer: &mail.SignedRenderer{Identity: d.ca, Chain: d.ca.Chain(), Certs: d.svc, KMSAddress: cfg.Address, Clock: d.clock},
 		From:     cfg.Address, Admin: cfg.AdminAddress, RetryFor: cfg.Relay.RetryFor, Rate: rate, PollInterval: time.Second,
 	})
@@ -283,6 +283,9 @@ func (d *daemon) maintain(ctx context.Context) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
+		if _, err := d.svc.SendReminders(ctx); err != nil && ctx.Err() == nil {
+			d.log.Error("reminder pass failed", "err", err)
+		}
 		if _, err := d.svc.ExpireDue(ctx); err != nil && ctx.Err() == nil {
 			d.log.Error("expiry sweep failed", "err", err)
 		}
@@ -318,4 +321,16 @@ func exitOnSecondSignal(log *slog.Logger) {
 	<-ch
 	log.Warn("second signal: exiting without waiting")
 	os.Exit(1)
+}
+
+// outboxQueue is the store as the delivery worker sees it, with giving a
+// mail up done by the service, which also tells the administrators.
+type outboxQueue struct {
+	*kms.Store
+	svc *kms.Service
+}
+
+// FailOutbox gives a mail up and queues a notice to the administrators.
+func (q outboxQueue) FailOutbox(ctx context.Context, id int64, why string, now time.Time) error {
+	return q.svc.FailOutbox(ctx, id, why, now)
 }

@@ -205,6 +205,9 @@ type Request struct {
 	// closes it in its own transaction, so a worker that crashes after the
 	// commit cannot act on the message a second time.
 	InboundID int64
+	// Answers is the kind of kms mail the request replies to (In-Reply-To),
+	// e.g. a reminder; it goes into the audit record.
+	Answers OutboxKind
 }
 
 // EnrollByCode redeems a one-time code: the invited user's first
@@ -458,8 +461,12 @@ func (s *Service) recordIssue(ctx context.Context, tx *sql.Tx, row *certRow, op 
 		Payload: OutboxPayload{Email: row.Email, Serial: row.Serial, NotAfter: row.NotAfter, Operation: op, Subject: req.Subject}}, s.msgDom, now); err != nil {
 		return err
 	}
+	detail := "not_after " + row.NotAfter.Format(time.RFC3339)
+	if req.Answers != "" {
+		detail += "; answers a " + string(req.Answers)
+	}
 	return insertAudit(ctx, tx, auditEntry{Actor: req.Actor, Action: "issue:" + op, Email: row.Email, Serial: row.Serial,
-		Detail: "not_after " + row.NotAfter.Format(time.RFC3339)}, now)
+		Detail: detail}, now)
 }
 
 // oneRow turns an UPDATE that matched no row into ErrConflict: the row

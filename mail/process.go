@@ -35,6 +35,9 @@ type InboundQueue interface {
 	ClaimInbound(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]kms.Inbound, error)
 	RetryInbound(ctx context.Context, id int64, next time.Time, why string) error
 	FinishInbound(ctx context.Context, id int64, state kms.InboundState, outcome string, now time.Time) error
+	// MailKindOf tells what kms sent with a Message-ID, so that a renewal
+	// answering a reminder is recognised.
+	MailKindOf(ctx context.Context, messageID string) (kms.OutboxKind, error)
 }
 
 // Identity is the KMS's own certificates and key: the current certificate

@@ -53,7 +53,10 @@ func (p *Processor) signed(ctx context.Context, r request, log *slog.Logger) err
 			fmt.Sprintf("The message carries %d certificate requests; send one.", len(csrs)), errors.New("several CSRs"), log)
 	}
 	req := kms.Request{Actor: "mail:" + cert.Email, MessageID: r.messageID, Subject: r.msg.Subject,
-		SignatureDigest: v.Signature.ReplayID[:], InboundID: r.in.ID}
+		SignatureDigest: v.Signature.ReplayID[:], InboundID: r.in.ID, Answers: p.answers(ctx, r.msg.InReplyTo)}
+	if req.Answers != "" {
+		log = log.With("answers", req.Answers)
+	}
 	var issued *kms.Certificate
 	if len(csrs) == 1 {
 		issued, err = svc.Rekey(ctx, cert.Serial, csrs[0].Request.PublicKey, req)
@@ -61,6 +64,17 @@ func (p *Processor) signed(ctx context.Context, r request, log *slog.Logger) err
 		issued, err = svc.Renew(ctx, cert.Serial, req)
 	}
 	return p.outcome(ctx, r, cert.Email, issued, err, log)
+}
+
+// answers tells which kind of kms mail a request replies to (a reminder,
+// usually), or "" if none.
+func (p *Processor) answers(ctx context.Context, inReplyTo []string) kms.OutboxKind {
+	for _, id := range inReplyTo {
+		if kind, err := p.opt.Queue.MailKindOf(ctx, id); err == nil {
+			return kind
+		}
+	}
+	return ""
 }
 
 // enrollment handles a message that only an enrollment code can

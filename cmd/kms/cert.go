@@ -13,13 +13,13 @@ import (
 	"github.com/kmsmail/kms/kms"
 )
 
-// certTable prints certificates as a table; a non-zero now adds the days
-// each has left.
+// certTable prints certificates as a table; a non-zero now (the
+// --expiring view) adds the days each has left and its reminder state.
 func certTable(w io.Writer, certs []kms.Certificate, now time.Time) {
 	tw := table(w)
 	head := "SERIAL\tEMAIL\tSTATE\tNOT BEFORE\tNOT AFTER"
 	if !now.IsZero() {
-		head += "\tDAYS LEFT"
+		head += "\tDAYS LEFT\tREMINDERS\tLAST REMINDER\tNEXT REMINDER"
 	}
 	fmt.Fprintln(tw, head)
 	for _, c := range certs {
@@ -32,7 +32,7 @@ func certTable(w io.Writer, certs []kms.Certificate, now time.Time) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s", c.Serial, c.Email, state, day(c.NotBefore), day(c.NotAfter))
 		if !now.IsZero() {
-			fmt.Fprintf(tw, "\t%d", daysLeft(c.NotAfter, now))
+			fmt.Fprintf(tw, "\t%d\t%d\t%s\t%s", daysLeft(c.NotAfter, now), c.RemindersSent, dayOrDash(c.LastReminderAt), dayOrDash(c.NextReminderAt))
 		}
 		fmt.Fprintln(tw)
 	}
@@ -220,4 +220,12 @@ func importFile(ctx context.Context, c *admin.Client, file string) ([]admin.Impo
 		return nil, fmt.Errorf("larger than 1 MiB: split it into several files")
 	}
 	return c.Import(ctx, data)
+}
+
+// dayOrDash prints an optional date.
+func dayOrDash(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return day(*t)
 }

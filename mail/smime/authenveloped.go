@@ -11,9 +11,6 @@ import (
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
-// asn1OID lets cryptobyte read an OID into a []int variable.
-type asn1OID = asn1.ObjectIdentifier
-
 var (
 	oidAES128GCM = asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 1, 6}
 	oidAES256GCM = asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 1, 46}

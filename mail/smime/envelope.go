@@ -6,8 +6,10 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 
 	"github.com/smallstep/pkcs7"
@@ -74,8 +76,50 @@ func Decrypt(cms []byte, cert *x509.Certificate, key crypto.Decrypter) ([]byte, 
 	case !ri.byIssuerSerial:
 		return nil, fmt.Errorf("%w: recipient identified by subject key identifier in EnvelopedData", ErrUnsupported)
 	default:
-		return decryptLibrary(der, cert, key)
+		keyLen, err := cbcKeyLen(env.contentAlg)
+		if err != nil {
+			return nil, err
+		}
+		return decryptLibrary(der, cert, implicitRejection{key, keyLen})
 	}
+}
+
+// cbcKeyLen checks the content cipher of an EnvelopedData and returns its
+// key length. Single DES is refused: its 56-bit key would expose the
+// enrollment code the message protects.
+func cbcKeyLen(alg cryptobyte.String) (int, error) {
+	var oid asn1.ObjectIdentifier
+	if !alg.ReadASN1ObjectIdentifier(&oid) {
+		return 0, errEnvelope
+	}
+	switch {
+	case oid.Equal(oidAES256CBC), oid.Equal(oidAES256GCM):
+		return 32, nil
+	case oid.Equal(oidAES128CBC), oid.Equal(oidAES128GCM):
+		return 16, nil
+	case oid.Equal(oidDESEDE3CBC):
+		return 24, nil
+	case oid.Equal(oidDESCBC):
+		return 0, fmt.Errorf("%w: content encrypted with single DES; use AES", ErrWeakAlgorithm)
+	default:
+		return 0, fmt.Errorf("%w: content cipher %s; use AES-CBC or AES-GCM", ErrUnsupported, oid)
+	}
+}
+
+// implicitRejection makes the library's RSA PKCS#1 v1.5 key unwrap return a
+// random key of the right length on bad padding instead of an error, so
+// that a padding failure looks like any other decryption failure
+// (Bleichenbacher). The library's own call sets no SessionKeyLen.
+type implicitRejection struct {
+	crypto.Decrypter
+	keyLen int
+}
+
+func (d implicitRejection) Decrypt(r io.Reader, msg []byte, opts crypto.DecrypterOpts) ([]byte, error) {
+	if _, ok := opts.(*rsa.PKCS1v15DecryptOptions); ok {
+		opts = &rsa.PKCS1v15DecryptOptions{SessionKeyLen: d.keyLen}
+	}
+	return d.Decrypter.Decrypt(r, msg, opts)
 }
 
 // decryptLibrary runs the wrapped library's decryption. It panics on some
@@ -104,8 +148,8 @@ func decryptLibrary(der []byte, cert *x509.Certificate, key crypto.Decrypter) (o
 // envelope is what Decrypt reads of an (Auth)EnvelopedData itself.
 type envelope struct {
 	recipients []recipientInfo
-	// For AuthEnvelopedData only:
 	contentAlg cryptobyte.String // AlgorithmIdentifier contents
+	// For AuthEnvelopedData only:
 	ciphertext []byte
 	authAttrs  []byte // DER SET, or nil
 	mac        []byte
@@ -138,12 +182,12 @@ var errEnvelope = fmt.Errorf("%w: bad EnvelopedData", ErrMalformed)
 func parseEnvelope(der []byte) (*envelope, error) {
 	s := cryptobyte.String(der)
 	var ci, body, ed cryptobyte.String
-	var ctype []int
-	if !s.ReadASN1(&ci, cbasn1.SEQUENCE) || !ci.ReadASN1ObjectIdentifier((*asn1OID)(&ctype)) {
+	var ctype asn1.ObjectIdentifier
+	if !s.ReadASN1(&ci, cbasn1.SEQUENCE) || !ci.ReadASN1ObjectIdentifier(&ctype) {
 		return nil, errEnvelope
 	}
-	isAuth := oidAuthEnveloped.Equal(ctype)
-	if !isAuth && !oidEnvelopedData.Equal(ctype) {
+	isAuth := ctype.Equal(oidAuthEnveloped)
+	if !isAuth && !ctype.Equal(oidEnvelopedData) {
 		return nil, fmt.Errorf("%w: CMS content type is %v, not enveloped-data", ErrMalformed, ctype)
 	}
 	var version int64
@@ -192,14 +236,14 @@ func parseEnvelope(der []byte) (*envelope, error) {
 		}
 		env.recipients = append(env.recipients, r)
 	}
-	if !isAuth {
-		return env, nil
-	}
 	var eci, content cryptobyte.String
-	var innerType []int
-	if !ed.ReadASN1(&eci, cbasn1.SEQUENCE) || !eci.ReadASN1ObjectIdentifier((*asn1OID)(&innerType)) ||
+	var innerType asn1.ObjectIdentifier
+	if !ed.ReadASN1(&eci, cbasn1.SEQUENCE) || !eci.ReadASN1ObjectIdentifier(&innerType) ||
 		!eci.ReadASN1(&env.contentAlg, cbasn1.SEQUENCE) {
 		return nil, errEnvelope
+	}
+	if !isAuth {
+		return env, nil // the library reads the rest
 	}
 	switch {
 	case eci.PeekASN1Tag(cbasn1.Tag(0).ContextSpecific()):
@@ -243,15 +287,15 @@ func parseEnvelope(der []byte) (*envelope, error) {
 // (Bleichenbacher); the content then fails to decrypt.
 func unwrapKey(ri *recipientInfo, key crypto.Decrypter, keyLen int) ([]byte, error) {
 	alg := ri.keyAlg
-	var oid []int
-	if !alg.ReadASN1ObjectIdentifier((*asn1OID)(&oid)) {
+	var oid asn1.ObjectIdentifier
+	if !alg.ReadASN1ObjectIdentifier(&oid) {
 		return nil, errEnvelope
 	}
 	if _, ok := key.Public().(*rsa.PublicKey); !ok {
 		return nil, fmt.Errorf("%w: key transport with a %T key", ErrUnsupported, key.Public())
 	}
 	switch {
-	case oidRSA.Equal(oid):
+	case oid.Equal(oidRSA):
 		k, err := key.Decrypt(rand.Reader, ri.encryptedKey, &rsa.PKCS1v15DecryptOptions{SessionKeyLen: keyLen})
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrDecrypt, err)

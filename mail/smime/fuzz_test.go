@@ -11,7 +11,11 @@ import (
 
 // The fuzz targets are seeded from the golden samples; their corpus is
 // kept in testdata/fuzz. Run one with
-//   go test -run='^$' -fuzz=FuzzParseRequest -fuzztime=2m ./mail/smime/
+//
+//	go test -run='^$' -fuzz=FuzzParseRequest -fuzztime=2m -fuzzminimizetime=5s ./mail/smime/
+//
+// (a short -fuzzminimizetime keeps a single worker from spending most of
+// the run minimising one new input).
 
 var sentinels = []error{ErrNotSigned, ErrBadSignature, ErrUntrustedSigner, ErrSignerExpired, ErrWeakAlgorithm,
 	ErrUnsupported, ErrMalformed, ErrLimit, ErrNotRecipient, ErrDecrypt, ErrBadCSR, ErrEncrypted}

@@ -113,7 +113,7 @@ func (gen *generator) all() {
 	osslSign := func(out, how string, args ...string) {
 		gen.save(out, runTool(t, nil, nil, "openssl", args...), "`openssl "+strings.Join(relArgs(args), " ")+"`. "+how)
 	}
-	osslSign("openssl-smime-detached-rsa.eml", "Detached, LF line ends as openssl writes them (exercises the CRLF fallback).",
+	osslSign("openssl-smime-detached-rsa.eml", "Detached; openssl writes the headers and delimiters with LF and the signed part with the CRLF of its input.",
 		cat([]string{"smime", "-sign", "-md", "sha256", "-in", renew}, signer("alice-rsa"), hdr("alice@example.com", "Renew"))...)
 	osslSign("openssl-cms-detached-ec-crlf.eml", "Detached ECDSA, CRLF output.",
 		cat([]string{"cms", "-sign", "-md", "sha256", "-crlfeol", "-in", renew}, signer("bob-ec"), hdr("bob@example.com", "Renew"))...)
@@ -181,7 +181,10 @@ func (gen *generator) readme() string {
 func relArgs(args []string) []string {
 	out := make([]string, len(args))
 	for i, a := range args {
-		if filepath.IsAbs(a) {
+		switch {
+		case strings.Contains(a, string(filepath.Separator)+"pki"+string(filepath.Separator)):
+			a = "pki/" + filepath.Base(a)
+		case filepath.IsAbs(a):
 			a = filepath.Base(a)
 		}
 		out[i] = a

@@ -221,3 +221,19 @@ func TestSignerHasAddress(t *testing.T) {
 		}
 	}
 }
+
+// TestGoldenStreamIsBER keeps the streamed sample honest: it must use
+// indefinite lengths, or it would not test the BER path.
+func TestGoldenStreamIsBER(t *testing.T) {
+	r, err := ParseRequest(readGolden(t, "openssl-cms-opaque-stream-ec.eml"), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.cms) < 2 || r.cms[0] != 0x30 || r.cms[1] != 0x80 {
+		t.Fatalf("sample starts % x, want an indefinite-length SEQUENCE (30 80)", r.cms[:2])
+	}
+	der, _, err := toDER(r.cms)
+	if err != nil || der[1] == 0x80 {
+		t.Fatalf("toDER: %v", err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"sort"
@@ -118,7 +119,7 @@ func SignDetached(content []byte, s Signer, extra []*x509.Certificate, signingTi
 // signing time, message digest and S/MIME capabilities (which tell mail
 // clients to encrypt to the KMS with AES).
 func signedAttrsDER(digest []byte, at time.Time) ([]byte, error) {
-	attr := func(oid []int, value func(*cryptobyte.Builder)) ([]byte, error) {
+	attr := func(oid asn1.ObjectIdentifier, value func(*cryptobyte.Builder)) ([]byte, error) {
 		var b cryptobyte.Builder
 		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 			b.AddASN1ObjectIdentifier(oid)
@@ -128,7 +129,7 @@ func signedAttrsDER(digest []byte, at time.Time) ([]byte, error) {
 	}
 	var encoded [][]byte
 	for _, a := range []struct {
-		oid   []int
+		oid   asn1.ObjectIdentifier
 		value func(*cryptobyte.Builder)
 	}{
 		{oidAttrContentType, func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(oidData) }},
@@ -143,7 +144,7 @@ func signedAttrsDER(digest []byte, at time.Time) ([]byte, error) {
 		{oidAttrDigest, func(b *cryptobyte.Builder) { b.AddASN1OctetString(digest) }},
 		{oidAttrCapabilities, func(b *cryptobyte.Builder) {
 			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				for _, oid := range [][]int{oidAES256CBC, oidAES128CBC} {
+				for _, oid := range []asn1.ObjectIdentifier{oidAES256CBC, oidAES128CBC} {
 					b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(oid) })
 				}
 			})

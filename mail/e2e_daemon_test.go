@@ -1,0 +1,500 @@
+package mail
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	netmail "net/mail"
+	"net/textproto"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kmsmail/kms/clock"
+	"github.com/kmsmail/kms/kms"
+	"github.com/kmsmail/kms/kms/ca"
+	"github.com/kmsmail/kms/mail/smime"
+	"github.com/kmsmail/kms/policy"
+)
+
+// e2eDaemon is the daemon of cmd/kms minus the HTTP API, assembled from the
+// real parts in-process: a SQLite store in t.TempDir(), a CA made by
+// ca.Open (P-256 keys, for speed), the lifecycle service, the SMTP listener
+// on 127.0.0.1:0, the request processor and the delivery worker writing
+// KMS-signed mail into a Maildir. The processor and the delivery worker run
+// their own loops (Run), as in the daemon; time is a fake clock that settle
+// moves forward only to let scheduled retries fall due.
+type e2eDaemon struct {
+	t        *testing.T
+	clock    *clock.Fake
+	store    *kms.Store
+	db       *sql.DB // a second connection, for rows the API does not show
+	ca       *ca.Authority
+	svc      *kms.Service
+	smtp     *Server
+	smtpAddr string
+	proc     *Processor
+	outbox   *Outbox
+	maildir  *Maildir
+	roots    *x509.CertPool
+	log      *syncBuffer
+	maxBytes int64
+}
+
+// e2eShortDomain has a policy of hours, so that one test can watch a
+// certificate expire and a code run out without moving other users' clocks.
+const e2eShortDomain = "short.example.com"
+
+// e2eMaxBytes is smtp.max_message_bytes of the test daemon: the default.
+const e2eMaxBytes = 1 << 20
+
+func newE2EDaemon(t *testing.T) *e2eDaemon {
+	t.Helper()
+	dir := t.TempDir()
+	d := &e2eDaemon{t: t, clock: clock.NewFake(t0), log: &syncBuffer{}, maxBytes: e2eMaxBytes}
+	log := slog.New(slog.NewTextHandler(d.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var err error
+	dbPath := filepath.Join(dir, "kms.db")
+	if d.store, err = kms.OpenStore(context.Background(), "sqlite", dbPath); err != nil {
+		t.Fatal(err)
+	}
+	d.db = openDB(t, dbPath)
+	d.ca, err = ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), KeyType: policy.P256, RootKeyType: policy.P256,
+		BaseURL: "http://127.0.0.1:8025", KMSAddress: kmsAddr}, d.clock.Now(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := policy.Default()
+	short.Lifetime = policy.Fixed(2 * time.Hour)
+	short.Reminders = policy.Reminders{First: policy.Fixed(time.Hour), Every: policy.Fixed(10 * time.Minute),
+		Final: policy.Fixed(10 * time.Minute), FinalEvery: policy.Fixed(5 * time.Minute)}
+	short.Enrollment.CodeTTL = policy.Fixed(time.Hour)
+	if err := short.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	d.svc = kms.New(kms.Config{
+		Store: d.store, Issuer: d.ca, CRLSigner: d.ca,
+		Policies: policy.Set{Default: policy.Default(), Domains: map[string]policy.Policy{e2eShortDomain: short}},
+		Domains:  []string{"example.com", e2eShortDomain}, KMSAddress: kmsAddr, AdminAddress: adminAddr,
+		Clock: d.clock, Log: log, Metrics: kms.NewMetrics(reg),
+		MailQueued: func() { d.outbox.Notify() },
+	})
+	d.roots = x509.NewCertPool()
+	d.roots.AddCert(d.ca.Root())
+	inter := x509.NewCertPool()
+	inter.AddCert(d.ca.Issuer())
+	d.proc = NewProcessor(ProcessorOptions{Service: d.svc, Queue: d.store, Identity: d.ca, Roots: d.roots,
+		Intermediates: inter, Limits: smime.Limits{MaxMessageBytes: int(d.maxBytes)}, Clock: d.clock, Log: log,
+		Registerer: reg, Poll: 20 * time.Millisecond})
+	if d.maildir, err = NewMaildir(filepath.Join(dir, "mail")); err != nil {
+		t.Fatal(err)
+	}
+	d.outbox, err = NewOutbox(OutboxConfig{Store: e2eOutboxQueue{Store: d.store, svc: d.svc}, Transport: d.maildir,
+		Renderer: &SignedRenderer{Identity: d.ca, Chain: d.ca.Chain(), Certs: d.svc, KMSAddress: kmsAddr, Clock: d.clock},
+		Clock:    d.clock, Log: log, Registerer: reg, From: kmsAddr, Admin: adminAddr, PollInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.smtp, err = NewServer(ServerConfig{Hostname: "kms.example.com", Address: kmsAddr, MaxMessageBytes: d.maxBytes,
+		Store: d.store, Clock: d.clock, Log: log, Notify: d.proc.Notify, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.smtpAddr = ln.Addr().String()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	served := make(chan error, 1)
+	go func() { served <- d.smtp.Serve(ln) }()
+	wg.Go(func() { d.proc.Run(ctx) })
+	wg.Go(func() { d.outbox.Run(ctx) })
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		if err := d.smtp.Shutdown(sctx); err != nil {
+			t.Errorf("SMTP shutdown: %v", err)
+		}
+		<-served
+		cancel()
+		wg.Wait()
+		d.store.Close()
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.log.String())
+		}
+	})
+	return d
+}
+
+// e2eOutboxQueue is the store as the delivery worker sees it in the daemon
+// (cmd/kms outboxQueue): giving a mail up also tells the administrators.
+type e2eOutboxQueue struct {
+	*kms.Store
+	svc *kms.Service
+}
+
+func (q e2eOutboxQueue) FailOutbox(ctx context.Context, id int64, why string, now time.Time) error {
+	return q.svc.FailOutbox(ctx, id, why, now)
+}
+
+// smtpResult is what the server answered to each step of one transaction;
+// 0 for a step not taken.
+type smtpResult struct {
+	mail int
+	rcpt []int
+	data int // the reply after the final dot (or to DATA itself if refused)
+}
+
+// send submits msg over SMTP with raw protocol lines, so that the null
+// sender, refused recipients and oversized data can be sent and their
+// replies seen. from is the envelope sender; rcpts default to the KMS.
+func (d *e2eDaemon) send(from string, rcpts []string, msg []byte) smtpResult {
+	t := d.t
+	t.Helper()
+	if rcpts == nil {
+		rcpts = []string{kmsAddr}
+	}
+	nc, err := net.Dial("tcp", d.smtpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := textproto.NewConn(nc)
+	defer c.Close()
+	step := func(format string, args ...any) int {
+		t.Helper()
+		if format != "" {
+			if err := c.PrintfLine(format, args...); err != nil {
+				t.Fatalf("SMTP write: %v", err)
+			}
+		}
+		code, msg, err := c.ReadResponse(0)
+		if code == 0 {
+			t.Fatalf("SMTP reply to %q: %v %s", format, err, msg)
+		}
+		return code
+	}
+	if code := step(""); code != 220 {
+		t.Fatalf("SMTP greeting %d", code)
+	}
+	if code := step("EHLO client.example.net"); code != 250 {
+		t.Fatalf("EHLO answered %d", code)
+	}
+	var r smtpResult
+	if r.mail = step("MAIL FROM:<%s>", from); r.mail != 250 {
+		return r
+	}
+	accepted := 0
+	for _, to := range rcpts {
+		code := step("RCPT TO:<%s>", to)
+		r.rcpt = append(r.rcpt, code)
+		if code == 250 {
+			accepted++
+		}
+	}
+	if accepted == 0 {
+		step("QUIT")
+		return r
+	}
+	if code := step("DATA"); code != 354 {
+		r.data = code
+		return r
+	}
+	w := c.DotWriter()
+	if _, err := w.Write(msg); err != nil {
+		t.Fatalf("SMTP DATA: %v", err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatalf("SMTP DATA: %v", err)
+	}
+	r.data = step("")
+	step("QUIT")
+	return r
+}
+
+// settle lets the processor and the delivery worker work until nothing is
+// pending: every received message closed and every queued mail delivered.
+// When all that is left waits for a retry, it moves the clock to the first
+// retry, as time would. It fails if ctx ends first: a hang.
+func (d *e2eDaemon) settle(ctx context.Context) error {
+	for {
+		if err := ctx.Err(); err != nil {
+			in, _ := d.pending("inbound")
+			out, _ := d.pending("outbox")
+			return fmt.Errorf("queues did not drain (%d received, %d outgoing pending): %w", in.n, out.n, err)
+		}
+		in, err := d.pending("inbound")
+		if err != nil {
+			return err
+		}
+		out, err := d.pending("outbox")
+		if err != nil {
+			return err
+		}
+		if in.n == 0 && out.n == 0 {
+			return nil
+		}
+		now := d.clock.Now().UnixMilli()
+		if in.claimed == 0 && out.claimed == 0 && (in.n == 0 || in.next > now) && (out.n == 0 || out.next > now) {
+			next := min(nonzero(in.next), nonzero(out.next))
+			d.clock.Set(time.UnixMilli(next))
+			d.proc.Notify()
+			d.outbox.Notify()
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func nonzero(v int64) int64 {
+	if v == 0 {
+		return 1<<63 - 1
+	}
+	return v
+}
+
+// queueState summarises the pending rows of a queue table.
+type queueState struct {
+	n, claimed int
+	next       int64 // earliest next_attempt_at
+}
+
+func (d *e2eDaemon) pending(table string) (queueState, error) {
+	var (
+		s    queueState
+		next sql.NullInt64
+	)
+	err := d.db.QueryRow(`SELECT COUNT(*), COALESCE(SUM(CASE WHEN claimed_until > $1 THEN 1 ELSE 0 END), 0), MIN(next_attempt_at)
+		FROM `+table+` WHERE state = 'pending'`, d.clock.Now().UnixMilli()).Scan(&s.n, &s.claimed, &next)
+	s.next = next.Int64
+	return s, err
+}
+
+// settleOrFail is settle under a deadline that no legitimate processing
+// comes near; hitting it means a message hung the processor.
+func (d *e2eDaemon) settleOrFail() {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := d.settle(ctx); err != nil {
+		d.t.Fatalf("processing did not finish: %v", err)
+	}
+}
+
+// inboundRow is a received message as the store keeps it.
+type inboundRow struct {
+	id             int64
+	state, outcome string
+}
+
+// inboundAfter returns the received messages with an id above after.
+func (d *e2eDaemon) inboundAfter(after int64) []inboundRow {
+	d.t.Helper()
+	rows, err := d.db.Query(`SELECT id, state, COALESCE(outcome, '') FROM inbound WHERE id > $1 ORDER BY id`, after)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []inboundRow
+	for rows.Next() {
+		var r inboundRow
+		if err := rows.Scan(&r.id, &r.state, &r.outcome); err != nil {
+			d.t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// mark is where the tables stood before a step, to see what it added.
+type mark struct {
+	inbound, outbox int64
+	certs           int
+	files           map[string]bool
+}
+
+func (d *e2eDaemon) mark() mark {
+	d.t.Helper()
+	var m mark
+	if err := d.db.QueryRow(`SELECT COALESCE(MAX(id), 0) FROM inbound`).Scan(&m.inbound); err != nil {
+		d.t.Fatal(err)
+	}
+	if err := d.db.QueryRow(`SELECT COALESCE(MAX(id), 0) FROM outbox`).Scan(&m.outbox); err != nil {
+		d.t.Fatal(err)
+	}
+	m.certs = d.certCount()
+	m.files = map[string]bool{}
+	for _, f := range d.mailFiles() {
+		m.files[f] = true
+	}
+	return m
+}
+
+func (d *e2eDaemon) certCount() int {
+	d.t.Helper()
+	var n int
+	if err := d.db.QueryRow(`SELECT COUNT(*) FROM certificates`).Scan(&n); err != nil {
+		d.t.Fatal(err)
+	}
+	return n
+}
+
+// queuedAfter lists the mails queued after m as "kind to", sorted.
+func (d *e2eDaemon) queuedAfter(m mark) []string {
+	d.t.Helper()
+	rows, err := d.db.Query(`SELECT kind, recipient FROM outbox WHERE id > $1`, m.outbox)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var kind, to string
+		if err := rows.Scan(&kind, &to); err != nil {
+			d.t.Fatal(err)
+		}
+		out = append(out, kind+" "+to)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (d *e2eDaemon) mailFiles() []string {
+	files, err := filepath.Glob(filepath.Join(d.maildir.Dir(), "new", "*"))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return files
+}
+
+// delivered is one message in the Maildir.
+type delivered struct {
+	to, subject, inReplyTo string
+	raw                    []byte
+}
+
+// deliveredAfter returns the messages delivered into the Maildir after m.
+func (d *e2eDaemon) deliveredAfter(m mark) []delivered {
+	d.t.Helper()
+	var out []delivered
+	for _, f := range d.mailFiles() {
+		if m.files[f] {
+			continue
+		}
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			d.t.Fatal(err)
+		}
+		msg, err := netmail.ReadMessage(bytes.NewReader(raw))
+		if err != nil {
+			d.t.Fatalf("%s is not RFC 5322: %v", f, err)
+		}
+		out = append(out, delivered{to: msg.Header.Get("To"), subject: msg.Header.Get("Subject"),
+			inReplyTo: msg.Header.Get("In-Reply-To"), raw: raw})
+	}
+	return out
+}
+
+// e2eUser is a user whose mail client is the test.
+type e2eUser struct {
+	email string
+	key   e2eSigner
+	cert  *x509.Certificate // the newest certificate kms sent
+	code  string            // the enrollment code the administrator gave
+}
+
+// e2eSigner is a user's private key.
+type e2eSigner = interface {
+	Public() any
+	Sign(rand interface{ Read([]byte) (int, error) }, digest []byte, opts interface{ HashFunc() cryptoHash }) ([]byte, error)
+}
+
+// invite enrolls email through the service, as `kms user enroll` does
+// through the admin API, and returns the user with a fresh P-256 key.
+func (d *e2eDaemon) invite(email string) *e2eUser {
+	d.t.Helper()
+	en, err := d.svc.Enroll(context.Background(), email, "", "admin:test")
+	if err != nil {
+		d.t.Fatalf("enroll %s: %v", email, err)
+	}
+	return &e2eUser{email: email, key: e2eKey(d.t, "p256"), code: en.Code}
+}
+
+// certificateReply sends msg from u, lets it be processed and returns the
+// certificate the reply carries, checking the reply's KMS signature.
+func (d *e2eDaemon) certificateReply(u *e2eUser, msg []byte) *x509.Certificate {
+	d.t.Helper()
+	m := d.mark()
+	if r := d.send(u.email, nil, msg); r.data != 250 {
+		d.t.Fatalf("%s: SMTP %+v", u.email, r)
+	}
+	d.settleOrFail()
+	got := d.deliveredAfter(m)
+	if len(got) != 1 || got[0].to != "<"+u.email+">" {
+		d.t.Fatalf("%s: want one certificate reply, the Maildir got %+v; queued %q; inbound %+v", u.email, got, d.queuedAfter(m), d.inboundAfter(m.inbound))
+	}
+	req, err := smime.ParseRequest(got[0].raw, smime.Limits{})
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	v, err := req.Verify(smime.VerifyOptions{Roots: d.roots, At: d.clock.Now()})
+	if err != nil {
+		d.t.Fatalf("certificate reply does not verify: %v", err)
+	}
+	for _, c := range v.Signature.Certificates {
+		if len(c.EmailAddresses) == 1 && c.EmailAddresses[0] == u.email {
+			return c
+		}
+	}
+	d.t.Fatalf("certificate reply to %s carries no certificate for it", u.email)
+	return nil
+}
+
+// enroll has u send an enrollment request with its code and keeps the
+// certificate it gets back.
+func (d *e2eDaemon) enroll(u *e2eUser) {
+	d.t.Helper()
+	msg := e2ePlain(u.email, "enrollment", "", e2eCSRParts(e2eCSR(d.t, u.key, u.email, u.code)))
+	u.cert = d.certificateReply(u, msg)
+}
+
+// renewal is a same-key renewal request signed with u's current certificate.
+func (d *e2eDaemon) renewal(u *e2eUser, extra string) []byte {
+	d.t.Helper()
+	inner := e2eText("Please renew my certificate.")
+	return e2eSigned(u.email, "Re: renew", extra, inner, e2eCMS(d.t, inner, u.key, u.cert, cmsOptions{at: d.clock.Now()}))
+}
+
+// renew has u renew by a signed request and keeps the new certificate; it
+// returns the request, for replays.
+func (d *e2eDaemon) renew(u *e2eUser) []byte {
+	d.t.Helper()
+	msg := d.renewal(u, "")
+	u.cert = d.certificateReply(u, msg)
+	return msg
+}
+
+// errNoReply is for messages that must not be answered.
+var errNoReply = errors.New("no reply expected")
+
+// addrOf returns the bare address of a To header value.
+func addrOf(to string) string {
+	a, err := netmail.ParseAddress(to)
+	if err != nil {
+		return strings.Trim(to, "<> ")
+	}
+	return a.Address
+}

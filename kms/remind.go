@@ -18,7 +18,7 @@ import (
 
 // reminderBatch is how many due certificates one transaction handles: big
 // enough to amortise the commit, small enough to keep the write lock short.
-const reminderBatch = 500
+const reminderBatch = 1000
 
 // dueReminder is a certificate whose reminder is due.
 type dueReminder struct {
@@ -107,6 +107,12 @@ func (s *Service) queueReminders(ctx context.Context, batch []dueReminder, now t
 			return err
 		}
 		defer record.Close()
+		queue, err := tx.PrepareContext(ctx, insertOutboxSQL)
+		if err != nil {
+			return err
+		}
+		defer queue.Close()
+		queueRow := func(args ...any) *sql.Row { return queue.QueryRowContext(ctx, args...) }
 		activeUsers, err := s.activeUsers(ctx, tx, batch)
 		if err != nil {
 			return err
@@ -130,7 +136,7 @@ func (s *Service) queueReminders(ctx context.Context, batch []dueReminder, now t
 			}
 			outboxID, ok := mailed[d.userID]
 			if !ok {
-				outboxID, err = s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailReminder, To: d.email,
+				outboxID, err = queueMail(ctx, queueRow, outboxMail{Kind: MailReminder, To: d.email,
 					Payload: OutboxPayload{Email: d.email, Serial: d.serial, NotAfter: d.notAfter}}, s.msgDom, now)
 				if err != nil {
 					return err

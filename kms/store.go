@@ -116,7 +116,7 @@ func openSQLite(path string) (*sql.DB, error) {
 		}
 	}
 	q := url.Values{}
-	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)", "busy_timeout(10000)"} {
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)", "busy_timeout(10000)", "cache_size(-65536)"} {
 		q.Add("_pragma", p)
 	}
 	q.Set("_txlock", "immediate")

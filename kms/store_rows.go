@@ -180,17 +180,24 @@ type outboxMail struct {
 	Payload   OutboxPayload
 }
 
+const insertOutboxSQL = `INSERT INTO outbox
+	(kind, recipient, message_id, in_reply_to, payload, state, created_at, next_attempt_at)
+	VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6) RETURNING id`
+
 // insertOutbox queues mail in the caller's transaction and returns its id.
 func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, m outboxMail, msgDomain string, now time.Time) (int64, error) {
+	return queueMail(ctx, func(args ...any) *sql.Row { return tx.QueryRowContext(ctx, insertOutboxSQL, args...) }, m, msgDomain, now)
+}
+
+// queueMail runs the outbox insert through query, a plain or a prepared
+// statement (the reminder scheduler queues thousands in one transaction).
+func queueMail(ctx context.Context, query func(args ...any) *sql.Row, m outboxMail, msgDomain string, now time.Time) (int64, error) {
 	payload, err := json.Marshal(m.Payload)
 	if err != nil {
 		return 0, err
 	}
 	var id int64
-	err = tx.QueryRowContext(ctx, `INSERT INTO outbox
-		(kind, recipient, message_id, in_reply_to, payload, state, created_at, next_attempt_at)
-		VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6) RETURNING id`,
-		string(m.Kind), m.To, newMessageID(msgDomain), m.InReplyTo, string(payload), ms(now)).Scan(&id)
+	err = query(string(m.Kind), m.To, newMessageID(msgDomain), m.InReplyTo, string(payload), ms(now)).Scan(&id)
 	return id, err
 }
 

@@ -62,10 +62,6 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-func TestDemoPlaceholder(t *testing.T) {
-	runKMS(t, "demo").want(t, exitFail)
-}
-
 func TestReorder(t *testing.T) {
 	f := newFlags("user enroll", nil).withJSON()
 	f.String("name", "", "")

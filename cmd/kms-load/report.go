@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kmsmail/kms/kms/ca"
+)
+
+// signaturesPerRenewal is what the daemon signs for one renewal: the new
+// certificate (issuing CA key) and the signed reply (KMS key). The user's
+// signature is made here, before sending, and verification is cheap.
+const signaturesPerRenewal = 2
+
+// signingKeys returns the daemon's own issuing CA and KMS keys when they
+// are readable in dataDir/ca (unencrypted, as in a test set-up), else a
+// fresh RSA-2048 key, and says which.
+func signingKeys(dataDir string) ([]crypto.Signer, string, error) {
+	if dataDir != "" {
+		fk := &ca.FileKeys{Dir: filepath.Join(dataDir, "ca"), Log: slog.New(slog.DiscardHandler)}
+		var keys []crypto.Signer
+		for _, name := range []string{"issuer", "kms"} {
+			k, err := fk.Signer(name)
+			if err != nil {
+				keys = nil
+				break
+			}
+			keys = append(keys, k)
+		}
+		if len(keys) == 2 {
+			return keys, "the daemon's issuing CA and KMS keys (" + describe(keys[0]) + ", " + describe(keys[1]) + ")", nil
+		}
+	}
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, "", err
+	}
+	return []crypto.Signer{k}, "a fresh RSA-2048 key (the daemon's keys are not readable)", nil
+}
+
+func describe(k crypto.Signer) string {
+	if r, ok := k.Public().(*rsa.PublicKey); ok {
+		return fmt.Sprintf("RSA-%d", r.N.BitLen())
+	}
+	return fmt.Sprintf("%T", k.Public())
+}
+
+// signRate measures how many SHA-256 digests keys sign per second, in
+// workers goroutines for about d, taking the keys in turn.
+func signRate(ctx context.Context, keys []crypto.Signer, workers int, d time.Duration) (float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	digest := sha256.Sum256([]byte("kms-load"))
+	var (
+		n    atomic.Int64
+		wg   sync.WaitGroup
+		fail atomic.Pointer[error]
+	)
+	start := time.Now()
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; ctx.Err() == nil; i++ {
+				if _, err := keys[i%len(keys)].Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
+					fail.Store(&err)
+					return
+				}
+				n.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if err := fail.Load(); err != nil {
+		return 0, fmt.Errorf("signing: %w", *err)
+	}
+	return float64(n.Load()) / time.Since(start).Seconds(), nil
+}
+
+// report is the result of a run, as printed.
+type report struct {
+	Renewals       int     `json:"renewals"`
+	Users          int     `json:"users"`
+	Concurrency    int     `json:"concurrency"`
+	Seconds        float64 `json:"seconds"`
+	PerSecond      float64 `json:"renewals_per_second"`
+	P50ms          float64 `json:"p50_ms"`
+	P99ms          float64 `json:"p99_ms"`
+	SignKeys       string  `json:"sign_keys"`
+	SignWorkers    int     `json:"sign_workers"`
+	SignRateBefore float64 `json:"sign_rate_before"`
+	SignRateAfter  float64 `json:"sign_rate_after"`
+	Bound          float64 `json:"bound_renewals_per_second"`
+	Ratio          float64 `json:"ratio"`
+	LoadBefore     string  `json:"loadavg_before"`
+	LoadAfter      string  `json:"loadavg_after"`
+}
+
+// percentile is the q-quantile (0..1) of sorted, by the nearest rank.
+func percentile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(q*float64(len(sorted))+0.999999) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+// newReport fills a report from a run's outcome and the signing rates
+// measured around it.
+func newReport(o *outcome, opt options, keys string, workers int, before, after float64) report {
+	lat := slices.Clone(o.Latencies)
+	slices.Sort(lat)
+	r := report{Renewals: o.Renewals, Users: opt.Users, Concurrency: opt.Concurrency, Seconds: o.Elapsed.Seconds(),
+		P50ms: ms(percentile(lat, 0.50)), P99ms: ms(percentile(lat, 0.99)),
+		SignKeys: keys, SignWorkers: workers, SignRateBefore: before, SignRateAfter: after}
+	if o.Elapsed > 0 {
+		r.PerSecond = float64(o.Renewals) / o.Elapsed.Seconds()
+	}
+	r.Bound = (before + after) / 2 / signaturesPerRenewal
+	if r.Bound > 0 {
+		r.Ratio = r.PerSecond / r.Bound
+	}
+	return r
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// print writes the report for a person.
+func (r report) print(w io.Writer) {
+	fmt.Fprintf(w, "renewals:        %d by %d users over %d SMTP connections in %.2fs\n", r.Renewals, r.Users, r.Concurrency, r.Seconds)
+	fmt.Fprintf(w, "rate:            %.1f renewals/s\n", r.PerSecond)
+	fmt.Fprintf(w, "latency:         p50 %.1f ms, p99 %.1f ms (SMTP 250 to the reply in the Maildir)\n", r.P50ms, r.P99ms)
+	fmt.Fprintf(w, "raw signing:     %.0f/s before, %.0f/s after, %d goroutines, with %s\n", r.SignRateBefore, r.SignRateAfter, r.SignWorkers, r.SignKeys)
+	fmt.Fprintf(w, "bound:           %.1f renewals/s (%d signatures a renewal)\n", r.Bound, signaturesPerRenewal)
+	fmt.Fprintf(w, "ratio:           %.1f%% of the bound\n", 100*r.Ratio)
+	fmt.Fprintf(w, "load average:    %s before, %s after (%d CPUs)\n", r.LoadBefore, r.LoadAfter, runtime.NumCPU())
+}
+
+// loadAverage reads the 1, 5 and 15 minute load averages, or says why not.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}

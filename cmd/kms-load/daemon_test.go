@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -66,14 +68,20 @@ func startDaemon(t testing.TB, kt policy.KeyType) *testDaemon {
 	roots, inter := x509.NewCertPool(), x509.NewCertPool()
 	roots.AddCert(d.ca.Root())
 	inter.AddCert(d.ca.Issuer())
+	// KMS_LOAD_WORKERS and KMS_LOAD_OUTBOX_WORKERS set the processor's and
+	// the delivery worker's concurrency (the daemon's defaults are 2 and
+	// 4), to see what more of them would give.
+	workers, _ := strconv.Atoi(os.Getenv("KMS_LOAD_WORKERS"))
+	outWorkers, _ := strconv.Atoi(os.Getenv("KMS_LOAD_OUTBOX_WORKERS"))
 	proc := mail.NewProcessor(mail.ProcessorOptions{Service: d.svc, Queue: store, Identity: d.ca, Roots: roots,
-		Intermediates: inter, Limits: smime.Limits{MaxMessageBytes: 1 << 20}, Clock: clk, Log: log, Registerer: reg})
+		Intermediates: inter, Limits: smime.Limits{MaxMessageBytes: 1 << 20}, Clock: clk, Log: log, Registerer: reg,
+		Workers: workers})
 	md, err := mail.NewMaildir(filepath.Join(dir, "mail"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	outbox, err = mail.NewOutbox(mail.OutboxConfig{Store: outboxQueue{Store: store, svc: d.svc}, Transport: md, Clock: clk,
-		Log: log, Registerer: reg, From: "kms@example.com", Admin: "postmaster@example.com", PollInterval: time.Second,
+		Log: log, Registerer: reg, From: "kms@example.com", Admin: "postmaster@example.com", PollInterval: time.Second, Workers: outWorkers,
 		Renderer: &mail.SignedRenderer{Identity: d.ca, Chain: d.ca.Chain(), Certs: d.svc, KMSAddress: "kms@example.com", Clock: clk}})
 	if err != nil {
 		t.Fatal(err)

@@ -376,13 +376,15 @@ func (g *generator) consider(path string) error {
 	if err != nil {
 		return fmt.Errorf("reply to %s (%q, %s): %w", r.u.email, m.Header.Get("Subject"), path, err)
 	}
-	if err := os.Remove(path); err != nil {
-		return err
-	}
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	r.arrived, r.cert = seen, cert
 	g.complete(id, r)
+	g.mu.Unlock()
+	// Removed after the user is back in line: an unlink waits for the
+	// file system's journal, which is busy with the daemon's fsyncs.
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
 	return nil
 }
 

@@ -44,7 +44,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "kms demo: cannot create a temporary directory: %v (set TMPDIR to a writable directory)\n", err)
 		return exitFail
 	}
-	code := demoIn(ctx, dir, sched, stdout, stderr)
+	code := demoIn(ctx, dir, sched, *keep, stdout, stderr)
 	if *keep {
 		fmt.Fprintf(stdout, "The demo's files are kept in %s:\n", dir)
 		fmt.Fprintln(stdout, "  kms.yaml    its configuration")
@@ -61,7 +61,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 // demoIn runs the daemon with its files in dir and tells the story.
-func demoIn(ctx context.Context, dir string, sched demo.Schedule, stdout, stderr io.Writer) int {
+func demoIn(ctx context.Context, dir string, sched demo.Schedule, keep bool, stdout, stderr io.Writer) int {
 	logPath := filepath.Join(dir, "kms.log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -88,7 +88,11 @@ func demoIn(ctx context.Context, dir string, sched demo.Schedule, stdout, stderr
 	stopped := make(chan error, 1)
 	go func() {
 		err := d.run(runCtx)
-		stopStory(fmt.Errorf("kms stopped during the demo: %v", err))
+		if err != nil {
+			stopStory(fmt.Errorf("kms stopped during the demo: %w", err))
+		} else {
+			stopStory(errors.New("kms stopped during the demo"))
+		}
 		stopped <- err
 	}()
 	err = demo.Run(storyCtx, demo.Options{
@@ -110,7 +114,10 @@ func demoIn(ctx context.Context, dir string, sched demo.Schedule, stdout, stderr
 	default:
 		fmt.Fprintf(stderr, "kms demo: %v\n", err)
 		if tail := lastLines(logPath, 10); tail != "" {
-			fmt.Fprintf(stderr, "The daemon's log (%s) ends with:\n%s", logPath, tail)
+			fmt.Fprintf(stderr, "The daemon's log ends with:\n%s", tail)
+		}
+		if !keep {
+			fmt.Fprintln(stderr, "Run kms demo --keep to keep the log, the database and the Maildir for a look.")
 		}
 	}
 	return exitFail

@@ -46,7 +46,7 @@ type command struct {
 // commands lists every command, in the order usage shows them.
 var commands = []command{
 	{"serve", "[--config FILE]", "run the daemon; first run creates the data dir, database and CA"},
-	{"demo", "", "a whole lifecycle in compressed time, in a temporary directory, narrated"},
+	{"demo", "[--speed 2s] [--keep]", "a whole lifecycle in compressed time, in a temporary directory, narrated"},
 	{"user enroll", "EMAIL [--name N] [--json]", "print a one-time enrollment code (also re-enrolls a lapsed user)"},
 	{"user list", "[--state S] [--json]", "list users, optionally in one state"},
 	{"user show", "EMAIL [--json]", "show a user and their certificates"},

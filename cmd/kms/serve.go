@@ -55,6 +55,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	defer d.close()
+	go func() {
+		<-ctx.Done()
+		exitOnSecondSignal(log)
+	}()
 	if err := d.run(ctx); err != nil {
 		log.Error("daemon stopped", "err", err)
 		return 1
@@ -259,7 +263,6 @@ func (d *daemon) run(ctx context.Context) error {
 	g.Go(func() error { return d.outbox.Run(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
-		go exitOnSecondSignal(d.log)
 		d.log.Info("shutting down")
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -89,7 +89,7 @@ const (
 
 // finishInbound closes an inbound row inside tx; it fails with ErrConflict
 // if another worker finished it first, which rolls back the duplicate effect.
-func finishInbound(ctx context.Context, tx *sql.Tx, id int64, state InboundState, outcome string, now time.Time) error {
+func finishInbound(ctx context.Context, tx querier, id int64, state InboundState, outcome string, now time.Time) error {
 	if id == 0 {
 		return nil
 	}

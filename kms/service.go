@@ -323,18 +323,18 @@ func (s *Service) renew(ctx context.Context, serial string, newKey crypto.Public
 	// The insert in recordIssue remains the guard against races.
 	if len(req.SignatureDigest) > 0 {
 		var n int
-		if err := s.store.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM seen_signatures WHERE digest = $1`, req.SignatureDigest).Scan(&n); err != nil {
+		if err := s.store.q(nil).QueryRowContext(ctx, `SELECT COUNT(*) FROM seen_signatures WHERE digest = $1`, req.SignatureDigest).Scan(&n); err != nil {
 			return nil, err
 		}
 		if n > 0 {
 			return nil, s.refused(ctx, req.Actor, op, "", serial, ErrReplay)
 		}
 	}
-	old, err := s.store.certBySerial(ctx, s.store.db, serial, false)
+	old, err := s.store.certBySerial(ctx, s.store.q(nil), serial, false)
 	if err != nil {
 		return nil, s.refused(ctx, req.Actor, op, "", serial, err)
 	}
-	u, err := s.store.userByID(ctx, s.store.db, old.userID, false)
+	u, err := s.store.userByID(ctx, s.store.q(nil), old.userID, false)
 	if err != nil {
 		return nil, err
 	}
@@ -367,12 +367,12 @@ func (s *Service) renew(ctx context.Context, serial string, newKey crypto.Public
 		row.KeySince = old.KeySince // a "rekey" to the same key is a renewal
 	}
 	err = s.store.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE certificates SET state = 'superseded', superseded_by = $1, next_reminder_at = NULL
+		res, err := s.store.q(tx).ExecContext(ctx, `UPDATE certificates SET state = 'superseded', superseded_by = $1, next_reminder_at = NULL
 			WHERE serial = $2 AND state = 'current'`, row.Serial, serial)
 		if err := oneRow(res, err, "certificate "+serial+" is no longer current"); err != nil {
 			return err
 		}
-		res, err = tx.ExecContext(ctx, `UPDATE users SET updated_at = $1 WHERE id = $2 AND state = 'active'`, ms(now), u.ID)
+		res, err = s.store.q(tx).ExecContext(ctx, `UPDATE users SET updated_at = $1 WHERE id = $2 AND state = 'active'`, ms(now), u.ID)
 		if err := oneRow(res, err, "user no longer active"); err != nil {
 			return err
 		}
@@ -442,11 +442,12 @@ func (s *Service) recordIssue(ctx context.Context, tx *sql.Tx, row *certRow, op 
 		next = &due
 	}
 	row.NextReminderAt = next
-	if err := insertCert(ctx, tx, row, next); err != nil {
+	q := s.store.q(tx)
+	if err := insertCert(ctx, q, row, next); err != nil {
 		return err
 	}
 	if len(req.SignatureDigest) > 0 {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO seen_signatures (digest, serial, seen_at) VALUES ($1, $2, $3)`,
+		if _, err := q.ExecContext(ctx, `INSERT INTO seen_signatures (digest, serial, seen_at) VALUES ($1, $2, $3)`,
 			req.SignatureDigest, row.Serial, ms(now)); err != nil {
 			if isUniqueViolation(err) {
 				return ErrReplay
@@ -454,7 +455,7 @@ func (s *Service) recordIssue(ctx context.Context, tx *sql.Tx, row *certRow, op 
 			return err
 		}
 	}
-	if err := finishInbound(ctx, tx, req.InboundID, InboundDone, op+" "+row.Serial, now); err != nil {
+	if err := finishInbound(ctx, q, req.InboundID, InboundDone, op+" "+row.Serial, now); err != nil {
 		return err
 	}
 	if _, err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailCertificate, To: row.Email, InReplyTo: req.MessageID,
@@ -465,7 +466,7 @@ func (s *Service) recordIssue(ctx context.Context, tx *sql.Tx, row *certRow, op 
 	if req.Answers != "" {
 		detail += "; answers a " + string(req.Answers)
 	}
-	return insertAudit(ctx, tx, auditEntry{Actor: req.Actor, Action: "issue:" + op, Email: row.Email, Serial: row.Serial,
+	return insertAudit(ctx, q, auditEntry{Actor: req.Actor, Action: "issue:" + op, Email: row.Email, Serial: row.Serial,
 		Detail: detail}, now)
 }
 

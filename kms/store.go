@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -28,6 +29,12 @@ var migrations embed.FS
 type Store struct {
 	db      *sql.DB
 	dialect dialect
+	stmts   sync.Map // query text → *sql.Stmt, for the hot paths
+	// writer serialises this process's write transactions on SQLite, which
+	// allows one writer at a time anyway: waiting on a Go mutex is a
+	// hand-off, while waiting in SQLite's busy handler is a sleep of up to
+	// tens of milliseconds per retry.
+	writer sync.Mutex
 }
 
 // dialect holds the few things that differ between the two databases. The
@@ -129,8 +136,14 @@ func openSQLite(path string) (*sql.DB, error) {
 	return db, nil
 }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+// Close closes the prepared statements and the database.
+func (s *Store) Close() error {
+	s.stmts.Range(func(_, st any) bool {
+		st.(*sql.Stmt).Close()
+		return true
+	})
+	return s.db.Close()
+}
 
 // Driver names the database in use, for logs and metrics.
 func (s *Store) Driver() string { return s.dialect.name }
@@ -190,6 +203,10 @@ func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 // tx runs fn in one transaction, committing when fn returns nil. On
 // PostgreSQL a serialization failure is retried a few times.
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	if s.dialect.name == "sqlite" {
+		s.writer.Lock()
+		defer s.writer.Unlock()
+	}
 	for attempt := 0; ; attempt++ {
 		tx, err := s.db.BeginTx(ctx, nil)
 		if err != nil {
@@ -225,4 +242,72 @@ func isUniqueViolation(err error) bool {
 	}
 	msg := err.Error()
 	return strings.Contains(msg, "UNIQUE constraint failed") || strings.Contains(msg, "SQLSTATE 23505")
+}
+
+// prepared returns query as a statement prepared once per Store (and, by
+// database/sql, once per connection). Parsing SQL is a large part of a
+// short statement's cost in SQLite, and issuance runs the same few
+// statements every time.
+func (s *Store) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
+	if st, ok := s.stmts.Load(query); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if prev, loaded := s.stmts.LoadOrStore(query, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
+}
+
+// cached is a querier that runs every query as a prepared statement,
+// inside tx when tx is set.
+type cached struct {
+	s  *Store
+	tx *sql.Tx
+}
+
+// q returns a caching querier, on tx or (tx nil) on the database.
+func (s *Store) q(tx *sql.Tx) cached { return cached{s, tx} }
+
+func (c cached) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	st, err := c.s.prepared(ctx, query)
+	if err != nil || c.tx == nil {
+		return st, err
+	}
+	return c.tx.StmtContext(ctx, st), nil
+}
+
+// ExecContext implements querier.
+func (c cached) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	st, err := c.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(ctx, args...)
+}
+
+// QueryContext implements querier.
+func (c cached) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := c.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// QueryRowContext implements querier. A statement that fails to prepare
+// is run unprepared, so that its error reaches the caller through Scan.
+func (c cached) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	st, err := c.stmt(ctx, query)
+	if err != nil {
+		if c.tx != nil {
+			return c.tx.QueryRowContext(ctx, query, args...)
+		}
+		return c.s.db.QueryRowContext(ctx, query, args...)
+	}
+	return st.QueryRowContext(ctx, args...)
 }

@@ -126,7 +126,7 @@ func (s *Store) certBySerial(ctx context.Context, q querier, serial string, lock
 	return c, err
 }
 
-func insertCert(ctx context.Context, tx *sql.Tx, c *certRow, next *time.Time) error {
+func insertCert(ctx context.Context, tx querier, c *certRow, next *time.Time) error {
 	var nextMS sql.NullInt64
 	if next != nil {
 		nextMS = sql.NullInt64{Int64: ms(*next), Valid: true}
@@ -186,7 +186,8 @@ const insertOutboxSQL = `INSERT INTO outbox
 
 // insertOutbox queues mail in the caller's transaction and returns its id.
 func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, m outboxMail, msgDomain string, now time.Time) (int64, error) {
-	return queueMail(ctx, func(args ...any) *sql.Row { return tx.QueryRowContext(ctx, insertOutboxSQL, args...) }, m, msgDomain, now)
+	q := s.q(tx)
+	return queueMail(ctx, func(args ...any) *sql.Row { return q.QueryRowContext(ctx, insertOutboxSQL, args...) }, m, msgDomain, now)
 }
 
 // queueMail runs the outbox insert through query, a plain or a prepared

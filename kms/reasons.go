@@ -1,48 +1,18 @@
 package kms
 
-import (
-	"fmt"
-	"strings"
-)
+import "github.com/kmsmail/kms/kms/ca"
 
-// RFC 5280 section 5.3.1 CRLReason codes that kms uses. certificateHold (6)
-// is left out on purpose: the S/MIME Baseline Requirements forbid
-// suspending a certificate, and removeFromCRL (8) only serves holds.
-var reasonCodes = map[string]int{
-	"unspecified":          0,
-	"keyCompromise":        1,
-	"affiliationChanged":   3,
-	"superseded":           4,
-	"cessationOfOperation": 5,
-	"privilegeWithdrawn":   9,
-}
-
-// ParseReason reads a revocation reason by its RFC 5280 name, accepting the
-// spellings administrators type: "keyCompromise", "key_compromise",
-// "key-compromise", "KeyCompromise". The empty string is "unspecified".
+// ParseReason reads a revocation reason by its RFC 5280 name as
+// administrators type it ("keyCompromise", "key_compromise", or the code);
+// the empty string is "unspecified". Only the reasons the S/MIME Baseline
+// Requirements allow for subscriber certificates are accepted: there is no
+// certificateHold, since the BRs forbid suspension.
 func ParseReason(s string) (int, error) {
 	if s == "" {
-		return 0, nil
+		return ca.ReasonUnspecified, nil
 	}
-	want := strings.ToLower(strings.NewReplacer("_", "", "-", "", " ", "").Replace(s))
-	for name, code := range reasonCodes {
-		if strings.ToLower(name) == want {
-			return code, nil
-		}
-	}
-	return 0, fmt.Errorf("unknown revocation reason %q (use one of %s)", s, reasonList())
+	return ca.ParseReason(s)
 }
 
 // ReasonName returns the RFC 5280 name of a reason code.
-func ReasonName(code int) string {
-	for name, c := range reasonCodes {
-		if c == code {
-			return name
-		}
-	}
-	return fmt.Sprintf("reason%d", code)
-}
-
-func reasonList() string {
-	return "unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn"
-}
+func ReasonName(code int) string { return ca.ReasonString(code) }

@@ -1,12 +1,15 @@
 package kms
 
 import (
+	"strconv"
+
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/kmsmail/kms/kms/ca"
 	"strings"
 	"time"
 )
@@ -20,8 +23,8 @@ func (s *Service) Revoke(ctx context.Context, serial string, reason int, actor s
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := reasonNameOK(reason); !ok {
-		return nil, fmt.Errorf("revocation reason %d is not allowed (use one of %s)", reason, reasonList())
+	if _, err := ca.ParseReason(strconv.Itoa(reason)); err != nil {
+		return nil, fmt.Errorf("revoke %s: %w", serial, err)
 	}
 	now := s.clock.Now()
 	var out *Certificate
@@ -49,15 +52,6 @@ func (s *Service) Revoke(ctx context.Context, serial string, reason int, actor s
 	s.crlStale()
 	s.mailQueued()
 	return out, nil
-}
-
-func reasonNameOK(code int) (string, bool) {
-	for name, c := range reasonCodes {
-		if c == code {
-			return name, true
-		}
-	}
-	return "", false
 }
 
 // revokeRow revokes c inside tx, lapses its user if it was their current
@@ -92,7 +86,7 @@ func (s *Service) Disable(ctx context.Context, addr string, reason int, actor st
 		return nil, err
 	}
 	if reason < 0 {
-		reason = reasonCodes["affiliationChanged"]
+		reason = ca.ReasonAffiliationChanged
 	}
 	now := s.clock.Now()
 	var u *User

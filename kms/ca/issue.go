@@ -2,8 +2,6 @@ package ca
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -131,36 +129,18 @@ func keyUsage(kt policy.KeyType) x509.KeyUsage {
 	return x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
 }
 
-// KeyTypeOf names the key type of pub, or returns an error wrapping
-// ErrUnsupportedKey for a key kms does not certify. RSA public exponents must
-// be odd and at least 3 (S/MIME BRs 6.1.6).
+// KeyTypeOf names the key type of pub (policy.KeyTypeOf), or returns an
+// error wrapping ErrUnsupportedKey for a key kms does not certify. RSA public
+// exponents must also be odd and at least 3 (S/MIME BRs 6.1.6).
 func KeyTypeOf(pub crypto.PublicKey) (policy.KeyType, error) {
-	switch k := pub.(type) {
-	case *rsa.PublicKey:
-		if k.E < 3 || k.E%2 == 0 {
-			return "", fmt.Errorf("%w: RSA public exponent %d must be odd and at least 3", ErrUnsupportedKey, k.E)
-		}
-		switch k.N.BitLen() {
-		case 2048:
-			return policy.RSA2048, nil
-		case 3072:
-			return policy.RSA3072, nil
-		case 4096:
-			return policy.RSA4096, nil
-		}
-		return "", fmt.Errorf("%w: RSA key of %d bits (use 2048, 3072 or 4096)", ErrUnsupportedKey, k.N.BitLen())
-	case *ecdsa.PublicKey:
-		switch k.Curve {
-		case elliptic.P256():
-			return policy.P256, nil
-		case elliptic.P384():
-			return policy.P384, nil
-		}
-		return "", fmt.Errorf("%w: ECDSA curve %s (use P-256 or P-384)", ErrUnsupportedKey, k.Curve.Params().Name)
-	case nil:
-		return "", fmt.Errorf("%w: no public key", ErrUnsupportedKey)
+	kt, err := policy.KeyTypeOf(pub)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrUnsupportedKey, err)
 	}
-	return "", fmt.Errorf("%w: %T (use RSA 2048/3072/4096 or ECDSA P-256/P-384)", ErrUnsupportedKey, pub)
+	if k, ok := pub.(*rsa.PublicKey); ok && (k.E < 3 || k.E%2 == 0) {
+		return "", fmt.Errorf("%w: RSA public exponent %d must be odd and at least 3", ErrUnsupportedKey, k.E)
+	}
+	return kt, nil
 }
 
 // checkMailbox accepts a bare ASCII address such as alice@example.com. An

@@ -250,8 +250,8 @@ func e2eCMS(t testing.TB, content []byte, key crypto.Signer, cert *x509.Certific
 	return b.BytesOrPanic()
 }
 
-// msgSeq numbers the messages a test builds, for unique Message-IDs.
-var msgSeq atomic.Int64
+// e2eMsgSeq numbers the messages a test builds, for unique Message-IDs.
+var e2eMsgSeq atomic.Int64
 
 // e2eHeader writes the header of a message From from (verbatim: it may
 // be a display form, a list, or empty to leave From out), with a fresh
@@ -262,7 +262,7 @@ func e2eHeader(from, subject, extra string) string {
 		b.WriteString("From: " + from + "\r\n")
 	}
 	fmt.Fprintf(&b, "To: kms@example.com\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: <hostile-%d@client.example.net>\r\n%sMIME-Version: 1.0\r\n",
-		subject, t0.Format(time.RFC1123Z), msgSeq.Add(1), extra)
+		subject, t0.Format(time.RFC1123Z), e2eMsgSeq.Add(1), extra)
 	return b.String()
 }
 
@@ -352,9 +352,9 @@ func e2eForeignCA(t testing.TB, email string, key crypto.Signer, now time.Time) 
 	return c
 }
 
-// berBomb is BER nested depth deep with indefinite lengths: 2 bytes a
+// e2eBERBomb is BER nested depth deep with indefinite lengths: 2 bytes a
 // level, so a small message asks a naive parser for deep recursion.
-func berBomb(depth int) []byte {
+func e2eBERBomb(depth int) []byte {
 	b := make([]byte, 0, 4*depth)
 	for range depth {
 		b = append(b, 0x30, 0x80)
@@ -365,8 +365,8 @@ func berBomb(depth int) []byte {
 	return b
 }
 
-// berMany is a SEQUENCE of n NULLs: shallow, but many elements.
-func berMany(n int) []byte {
+// e2eBERMany is a SEQUENCE of n NULLs: shallow, but many elements.
+func e2eBERMany(n int) []byte {
 	var b cryptobyte.Builder
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		for range n {

@@ -3,7 +3,6 @@ package mail
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/x509"
 	"database/sql"
 	"fmt"
@@ -153,9 +152,9 @@ func (q e2eOutboxQueue) FailOutbox(ctx context.Context, id int64, why string, no
 	return q.svc.FailOutbox(ctx, id, why, now)
 }
 
-// smtpResult is what the server answered to each step of one transaction;
+// e2eSMTPResult is what the server answered to each step of one transaction;
 // 0 for a step not taken.
-type smtpResult struct {
+type e2eSMTPResult struct {
 	mail int
 	rcpt []int
 	data int // the reply after the final dot (or to DATA itself if refused); -1: the connection was closed
@@ -164,7 +163,7 @@ type smtpResult struct {
 // send submits msg over SMTP with raw protocol lines, so that the null
 // sender, refused recipients and oversized data can be sent and their
 // replies seen. from is the envelope sender; rcpts default to the KMS.
-func (d *e2eDaemon) send(from string, rcpts []string, msg []byte) smtpResult {
+func (d *e2eDaemon) send(from string, rcpts []string, msg []byte) e2eSMTPResult {
 	t := d.t
 	t.Helper()
 	if rcpts == nil {
@@ -195,7 +194,7 @@ func (d *e2eDaemon) send(from string, rcpts []string, msg []byte) smtpResult {
 	if code := step("EHLO client.example.net"); code != 250 {
 		t.Fatalf("EHLO answered %d", code)
 	}
-	var r smtpResult
+	var r e2eSMTPResult
 	if r.mail = step("MAIL FROM:<%s>", from); r.mail != 250 {
 		return r
 	}
@@ -263,7 +262,7 @@ func (d *e2eDaemon) settle(ctx context.Context) error {
 		}
 		now := d.clock.Now().UnixMilli()
 		if in.claimed == 0 && out.claimed == 0 && (in.n == 0 || in.next > now) && (out.n == 0 || out.next > now) {
-			next := min(nonzero(in.next), nonzero(out.next))
+			next := min(e2eNonzero(in.next), e2eNonzero(out.next))
 			d.clock.Set(time.UnixMilli(next))
 			d.proc.Notify()
 			d.outbox.Notify()
@@ -272,22 +271,22 @@ func (d *e2eDaemon) settle(ctx context.Context) error {
 	}
 }
 
-func nonzero(v int64) int64 {
+func e2eNonzero(v int64) int64 {
 	if v == 0 {
 		return 1<<63 - 1
 	}
 	return v
 }
 
-// queueState summarises the pending rows of a queue table.
-type queueState struct {
+// e2eQueueState summarises the pending rows of a queue table.
+type e2eQueueState struct {
 	n, claimed int
 	next       int64 // earliest next_attempt_at
 }
 
-func (d *e2eDaemon) pending(table string) (queueState, error) {
+func (d *e2eDaemon) pending(table string) (e2eQueueState, error) {
 	var (
-		s    queueState
+		s    e2eQueueState
 		next sql.NullInt64
 	)
 	err := d.db.QueryRow(`SELECT COUNT(*), COALESCE(SUM(CASE WHEN claimed_until > $1 THEN 1 ELSE 0 END), 0), MIN(next_attempt_at)
@@ -307,23 +306,23 @@ func (d *e2eDaemon) settleOrFail() {
 	}
 }
 
-// inboundRow is a received message as the store keeps it.
-type inboundRow struct {
+// e2eInbound is a received message as the store keeps it.
+type e2eInbound struct {
 	id             int64
 	state, outcome string
 }
 
 // inboundAfter returns the received messages with an id above after.
-func (d *e2eDaemon) inboundAfter(after int64) []inboundRow {
+func (d *e2eDaemon) inboundAfter(after int64) []e2eInbound {
 	d.t.Helper()
 	rows, err := d.db.Query(`SELECT id, state, COALESCE(outcome, '') FROM inbound WHERE id > $1 ORDER BY id`, after)
 	if err != nil {
 		d.t.Fatal(err)
 	}
 	defer rows.Close()
-	var out []inboundRow
+	var out []e2eInbound
 	for rows.Next() {
-		var r inboundRow
+		var r e2eInbound
 		if err := rows.Scan(&r.id, &r.state, &r.outcome); err != nil {
 			d.t.Fatal(err)
 		}
@@ -332,16 +331,16 @@ func (d *e2eDaemon) inboundAfter(after int64) []inboundRow {
 	return out
 }
 
-// mark is where the tables stood before a step, to see what it added.
-type mark struct {
+// e2eMark is where the tables stood before a step, to see what it added.
+type e2eMark struct {
 	inbound, outbox int64
 	certs           int
 	files           map[string]bool
 }
 
-func (d *e2eDaemon) mark() mark {
+func (d *e2eDaemon) mark() e2eMark {
 	d.t.Helper()
-	var m mark
+	var m e2eMark
 	if err := d.db.QueryRow(`SELECT COALESCE(MAX(id), 0) FROM inbound`).Scan(&m.inbound); err != nil {
 		d.t.Fatal(err)
 	}
@@ -366,7 +365,7 @@ func (d *e2eDaemon) certCount() int {
 }
 
 // queuedAfter lists the mails queued after m as "kind to", sorted.
-func (d *e2eDaemon) queuedAfter(m mark) []string {
+func (d *e2eDaemon) queuedAfter(m e2eMark) []string {
 	d.t.Helper()
 	rows, err := d.db.Query(`SELECT kind, recipient FROM outbox WHERE id > $1`, m.outbox)
 	if err != nil {
@@ -393,19 +392,19 @@ func (d *e2eDaemon) mailFiles() []string {
 	return files
 }
 
-// delivered is one message in the Maildir.
-type delivered struct {
+// e2eDelivered is one message in the Maildir.
+type e2eDelivered struct {
 	to, subject, inReplyTo string
 	raw                    []byte
 }
 
 // String shows a delivered message in failure output.
-func (m delivered) String() string { return m.to + ": " + m.subject }
+func (m e2eDelivered) String() string { return m.to + ": " + m.subject }
 
 // deliveredAfter returns the messages delivered into the Maildir after m.
-func (d *e2eDaemon) deliveredAfter(m mark) []delivered {
+func (d *e2eDaemon) deliveredAfter(m e2eMark) []e2eDelivered {
 	d.t.Helper()
-	var out []delivered
+	var out []e2eDelivered
 	for _, f := range d.mailFiles() {
 		if m.files[f] {
 			continue
@@ -418,88 +417,14 @@ func (d *e2eDaemon) deliveredAfter(m mark) []delivered {
 		if err != nil {
 			d.t.Fatalf("%s is not RFC 5322: %v", f, err)
 		}
-		out = append(out, delivered{to: msg.Header.Get("To"), subject: msg.Header.Get("Subject"),
+		out = append(out, e2eDelivered{to: msg.Header.Get("To"), subject: msg.Header.Get("Subject"),
 			inReplyTo: msg.Header.Get("In-Reply-To"), raw: raw})
 	}
 	return out
 }
 
-// e2eUser is a user whose mail client is the test.
-type e2eUser struct {
-	email string
-	key   crypto.Signer
-	cert  *x509.Certificate // the newest certificate kms sent
-	code  string            // the enrollment code the administrator gave
-}
-
-// invite enrolls email through the service, as `kms user enroll` does
-// through the admin API, and returns the user with a fresh P-256 key.
-func (d *e2eDaemon) invite(email string) *e2eUser {
-	d.t.Helper()
-	en, err := d.svc.Enroll(context.Background(), email, "", "admin:test")
-	if err != nil {
-		d.t.Fatalf("enroll %s: %v", email, err)
-	}
-	d.settleOrFail() // the invitation goes out now, not with the next reply
-	return &e2eUser{email: email, key: e2eKey(d.t, "p256"), code: en.Code}
-}
-
-// certificateReply sends msg from u, lets it be processed and returns the
-// certificate the reply carries, checking the reply's KMS signature.
-func (d *e2eDaemon) certificateReply(u *e2eUser, msg []byte) *x509.Certificate {
-	d.t.Helper()
-	m := d.mark()
-	if r := d.send(u.email, nil, msg); r.data != 250 {
-		d.t.Fatalf("%s: SMTP %+v", u.email, r)
-	}
-	d.settleOrFail()
-	got := d.deliveredAfter(m)
-	if len(got) != 1 || got[0].to != "<"+u.email+">" {
-		d.t.Fatalf("%s: want one certificate reply, the Maildir got %+v; queued %q; inbound %+v", u.email, got, d.queuedAfter(m), d.inboundAfter(m.inbound))
-	}
-	req, err := smime.ParseRequest(got[0].raw, smime.Limits{})
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	v, err := req.Verify(smime.VerifyOptions{Roots: d.roots, At: d.clock.Now()})
-	if err != nil {
-		d.t.Fatalf("certificate reply does not verify: %v", err)
-	}
-	for _, c := range v.Signature.Certificates {
-		if len(c.EmailAddresses) == 1 && c.EmailAddresses[0] == u.email {
-			return c
-		}
-	}
-	d.t.Fatalf("certificate reply to %s carries no certificate for it", u.email)
-	return nil
-}
-
-// enroll has u send an enrollment request with its code and keeps the
-// certificate it gets back.
-func (d *e2eDaemon) enroll(u *e2eUser) {
-	d.t.Helper()
-	msg := e2ePlain(u.email, "enrollment", "", e2eCSRParts(e2eCSR(d.t, u.key, u.email, u.code)))
-	u.cert = d.certificateReply(u, msg)
-}
-
-// renewal is a same-key renewal request signed with u's current certificate.
-func (d *e2eDaemon) renewal(u *e2eUser, extra string) []byte {
-	d.t.Helper()
-	inner := e2eText("Please renew my certificate.")
-	return e2eSigned(u.email, "Re: renew", extra, inner, e2eCMS(d.t, inner, u.key, u.cert, cmsOptions{at: d.clock.Now()}))
-}
-
-// renew has u renew by a signed request and keeps the new certificate; it
-// returns the request, for replays.
-func (d *e2eDaemon) renew(u *e2eUser) []byte {
-	d.t.Helper()
-	msg := d.renewal(u, "")
-	u.cert = d.certificateReply(u, msg)
-	return msg
-}
-
-// addrOf returns the bare address of a To header value.
-func addrOf(to string) string {
+// e2eAddr returns the bare address of a To header value.
+func e2eAddr(to string) string {
 	a, err := netmail.ParseAddress(to)
 	if err != nil {
 		return strings.Trim(to, "<> ")

@@ -27,8 +27,8 @@ type hostileFixture struct {
 }
 
 const (
-	stranger      = "mallory@evil.example.net" // no user, a domain kms does not serve
-	localStranger = "mallory@example.com"      // no user, in a served domain
+	hostileStranger      = "mallory@evil.example.net" // no user, a domain kms does not serve
+	hostileLocalStranger = "mallory@example.com"      // no user, in a served domain
 )
 
 // hostileRow is one hostile or broken request and what must come of it.
@@ -64,9 +64,9 @@ func hostileFile(name string) func(*hostileFixture) []byte {
 	}
 }
 
-// signedBy is a same-key renewal from from, validly signed by u with cert
+// hostileSignedBy is a same-key renewal from from, validly signed by u with cert
 // (u's current one when nil), with extra header lines.
-func signedBy(u func(*hostileFixture) *e2eUser, cert func(*hostileFixture) *x509.Certificate, from, extra string) func(*hostileFixture) []byte {
+func hostileSignedBy(u func(*hostileFixture) *e2eUser, cert func(*hostileFixture) *x509.Certificate, from, extra string) func(*hostileFixture) []byte {
 	return func(f *hostileFixture) []byte {
 		user := u(f)
 		c := user.cert
@@ -81,33 +81,33 @@ func signedBy(u func(*hostileFixture) *e2eUser, cert func(*hostileFixture) *x509
 	}
 }
 
-// alicesSignature is a multipart/signed message from alice whose
+// hostileAliceSignature is a multipart/signed message from alice whose
 // signature part is sig(f), over a valid inner text.
-func alicesSignature(sig func(f *hostileFixture) []byte) func(*hostileFixture) []byte {
+func hostileAliceSignature(sig func(f *hostileFixture) []byte) func(*hostileFixture) []byte {
 	return func(f *hostileFixture) []byte {
 		return e2eSigned(f.alice.email, "renew", "", e2eText("Please renew my certificate."), sig(f))
 	}
 }
 
-// aliceSigns is a message from alice whose inner entity inner(f) she
+// hostileAliceSigns is a message from alice whose inner entity inner(f) she
 // signs validly.
-func aliceSigns(inner func(f *hostileFixture) []byte) func(*hostileFixture) []byte {
+func hostileAliceSigns(inner func(f *hostileFixture) []byte) func(*hostileFixture) []byte {
 	return func(f *hostileFixture) []byte {
 		in := inner(f)
 		return e2eSigned(f.alice.email, "rekey", "", in, e2eCMS(f.d.t, in, f.alice.key, f.alice.cert, cmsOptions{at: f.d.clock.Now()}))
 	}
 }
 
-// enrollmentFrom is an unsigned enrollment request from from carrying the
+// hostileEnrollment is an unsigned enrollment request from from carrying the
 // CSRs csrs(f).
-func enrollmentFrom(from string, csrs func(f *hostileFixture) [][]byte) func(*hostileFixture) []byte {
+func hostileEnrollment(from string, csrs func(f *hostileFixture) [][]byte) func(*hostileFixture) []byte {
 	return func(f *hostileFixture) []byte {
 		return e2ePlain(from, "enrollment", "", e2eCSRParts(csrs(f)...))
 	}
 }
 
-// csrFor is a CSR for a new key of kind with code(f).
-func csrFor(kind string, code func(f *hostileFixture) string) func(f *hostileFixture) [][]byte {
+// hostileCSR is a CSR for a new key of kind with code(f).
+func hostileCSR(kind string, code func(f *hostileFixture) string) func(f *hostileFixture) [][]byte {
 	return func(f *hostileFixture) [][]byte {
 		return [][]byte{e2eCSR(f.d.t, e2eKey(f.d.t, kind), "someone", code(f))}
 	}
@@ -116,18 +116,18 @@ func csrFor(kind string, code func(f *hostileFixture) string) func(f *hostileFix
 func harrysCode(f *hostileFixture) string { return f.harry.code }
 func ginasCode(f *hostileFixture) string  { return f.gina.code }
 
-// badCSR is a CSR whose self-signature is broken.
-func badCSR(f *hostileFixture, code string) []byte {
+// hostileBadCSR is a CSR whose self-signature is broken.
+func hostileBadCSR(f *hostileFixture, code string) []byte {
 	der := e2eCSR(f.d.t, e2eKey(f.d.t, "p256"), "someone", code)
 	der[len(der)-5] ^= 0x5a // inside the signature value
 	return der
 }
 
-// sized is an unsigned message from a stranger of exactly n bytes, CRLF
+// hostileSized is an unsigned message from a stranger of exactly n bytes, CRLF
 // line ends, no line starting with a dot.
-func sized(n int) func(*hostileFixture) []byte {
+func hostileSized(n int) func(*hostileFixture) []byte {
 	return func(f *hostileFixture) []byte {
-		b := []byte(e2eHeader(stranger, "big", "") + "Content-Type: text/plain\r\n\r\n")
+		b := []byte(e2eHeader(hostileStranger, "big", "") + "Content-Type: text/plain\r\n\r\n")
 		line := strings.Repeat("x", 76) + "\r\n"
 		for len(b)+len(line) <= n-8 {
 			b = append(b, line...)
@@ -140,8 +140,8 @@ func sized(n int) func(*hostileFixture) []byte {
 	}
 }
 
-// manyParts is a multipart/mixed message from alice with n empty parts.
-func manyParts(n int) func(*hostileFixture) []byte {
+// hostileManyParts is a multipart/mixed message from alice with n empty parts.
+func hostileManyParts(n int) func(*hostileFixture) []byte {
 	return func(f *hostileFixture) []byte {
 		var b strings.Builder
 		b.WriteString("Content-Type: multipart/mixed; boundary=\"p\"\r\n\r\n")
@@ -153,8 +153,8 @@ func manyParts(n int) func(*hostileFixture) []byte {
 	}
 }
 
-// nested is a message from a stranger with multiparts nested depth deep.
-func nested(depth int) func(*hostileFixture) []byte {
+// hostileNested is a message from a stranger with multiparts nested depth deep.
+func hostileNested(depth int) func(*hostileFixture) []byte {
 	return func(f *hostileFixture) []byte {
 		var open, closing strings.Builder
 		for i := range depth {
@@ -164,7 +164,7 @@ func nested(depth int) func(*hostileFixture) []byte {
 		for i := depth - 1; i >= 0; i-- {
 			closing.WriteString("--b" + strings.Repeat("x", i%5) + strconv.Itoa(i) + "--\r\n")
 		}
-		return e2ePlain(stranger, "nested", "", []byte(open.String()+closing.String()))
+		return e2ePlain(hostileStranger, "nested", "", []byte(open.String()+closing.String()))
 	}
 }
 
@@ -176,8 +176,10 @@ var hostileRows = []hostileRow{
 	{name: "unsigned, from a user", from: "alice@example.com", smtp: 250,
 		msg:   func(f *hostileFixture) []byte { return e2ePlain(f.alice.email, "renew", "", e2eText("Please renew.")) },
 		reply: []string{"rejection alice@example.com"}, why: "no_request"},
-	{name: "unsigned, from a stranger", from: stranger, smtp: 250,
-		msg: func(f *hostileFixture) []byte { return e2ePlain(stranger, "renew", "", e2eText("Please renew.")) },
+	{name: "unsigned, from a stranger", from: hostileStranger, smtp: 250,
+		msg: func(f *hostileFixture) []byte {
+			return e2ePlain(hostileStranger, "renew", "", e2eText("Please renew."))
+		},
 		why: "dropped: unknown sender"},
 	{name: "signed by an unknown CA, From the user it names", from: "alice@example.com", smtp: 250,
 		msg: func(f *hostileFixture) []byte {
@@ -187,80 +189,80 @@ var hostileRows = []hostileRow{
 			return e2eSigned(f.alice.email, "renew", "", inner, e2eCMS(f.d.t, inner, key, cert, cmsOptions{}))
 		},
 		reply: []string{"rejection alice@example.com"}, why: "no_request"},
-	{name: "signed by an unknown CA, from a stranger", from: stranger, smtp: 250,
+	{name: "signed by an unknown CA, from a stranger", from: hostileStranger, smtp: 250,
 		msg: func(f *hostileFixture) []byte {
 			key := e2eKey(f.d.t, "p256")
-			cert := e2eForeignCA(f.d.t, stranger, key, f.d.clock.Now())
-			inner := e2eCSRParts(e2eCSR(f.d.t, key, stranger, "ABCD-EFGH-JKLM-NPQR-STVW-XYZ2"))
-			return e2eSigned(stranger, "enroll", "", inner, e2eCMS(f.d.t, inner, key, cert, cmsOptions{}))
+			cert := e2eForeignCA(f.d.t, hostileStranger, key, f.d.clock.Now())
+			inner := e2eCSRParts(e2eCSR(f.d.t, key, hostileStranger, "ABCD-EFGH-JKLM-NPQR-STVW-XYZ2"))
+			return e2eSigned(hostileStranger, "enroll", "", inner, e2eCMS(f.d.t, inner, key, cert, cmsOptions{}))
 		},
 		why: "dropped: not a user"},
 	{name: "signed by a revoked certificate", from: "erin@example.com", smtp: 250,
-		msg:   signedBy(func(f *hostileFixture) *e2eUser { return f.erin }, nil, "", ""),
+		msg:   hostileSignedBy(func(f *hostileFixture) *e2eUser { return f.erin }, nil, "", ""),
 		reply: []string{"rejection erin@example.com"}, why: "was revoked (keyCompromise)"},
 	{name: "signed by an expired certificate (lapsed user)", from: "frank@short.example.com", smtp: 250,
-		msg:   signedBy(func(f *hostileFixture) *e2eUser { return f.frank }, nil, "", ""),
+		msg:   hostileSignedBy(func(f *hostileFixture) *e2eUser { return f.frank }, nil, "", ""),
 		reply: []string{"lapse frank@short.example.com"}, why: "lapsed"},
-	{name: "lapsed user's certificate, From and Reply-To a stranger", from: stranger, smtp: 250,
-		msg:   signedBy(func(f *hostileFixture) *e2eUser { return f.frank }, nil, stranger, "Reply-To: "+stranger+"\r\n"),
+	{name: "lapsed user's certificate, From and Reply-To a stranger", from: hostileStranger, smtp: 250,
+		msg:   hostileSignedBy(func(f *hostileFixture) *e2eUser { return f.frank }, nil, hostileStranger, "Reply-To: "+hostileStranger+"\r\n"),
 		reply: []string{"lapse frank@short.example.com"}, why: "lapsed"},
 	{name: "signed by a superseded certificate", from: "alice@example.com", smtp: 250,
-		msg:   signedBy(func(f *hostileFixture) *e2eUser { return f.alice }, func(f *hostileFixture) *x509.Certificate { return f.aliceOld }, "", ""),
+		msg:   hostileSignedBy(func(f *hostileFixture) *e2eUser { return f.alice }, func(f *hostileFixture) *x509.Certificate { return f.aliceOld }, "", ""),
 		reply: []string{"rejection alice@example.com"}, why: "is superseded"},
 	{name: "signed by a disabled user's certificate", from: "dave@example.com", smtp: 250,
-		msg:   signedBy(func(f *hostileFixture) *e2eUser { return f.dave }, nil, "", ""),
+		msg:   hostileSignedBy(func(f *hostileFixture) *e2eUser { return f.dave }, nil, "", ""),
 		reply: []string{"rejection dave@example.com"}, why: "was revoked (affiliationChanged)"},
 	{name: "From another user than the signer", from: "alice@example.com", smtp: 250,
-		msg:   signedBy(func(f *hostileFixture) *e2eUser { return f.bob }, nil, "alice@example.com", ""),
+		msg:   hostileSignedBy(func(f *hostileFixture) *e2eUser { return f.bob }, nil, "alice@example.com", ""),
 		reply: []string{"rejection bob@example.com"}, why: "from_mismatch"},
-	{name: "From a stranger, signed by a user, Reply-To a stranger", from: stranger, smtp: 250,
-		msg:   signedBy(func(f *hostileFixture) *e2eUser { return f.bob }, nil, stranger, "Reply-To: "+stranger+"\r\n"),
+	{name: "From a hostileStranger, signed by a user, Reply-To a stranger", from: hostileStranger, smtp: 250,
+		msg:   hostileSignedBy(func(f *hostileFixture) *e2eUser { return f.bob }, nil, hostileStranger, "Reply-To: "+hostileStranger+"\r\n"),
 		reply: []string{"rejection bob@example.com"}, why: "from_mismatch"},
 
 	// Signatures that do not hold.
 	{name: "valid signature over tampered content", from: "alice@example.com", smtp: 250,
 		msg: func(f *hostileFixture) []byte {
-			m := signedBy(func(f *hostileFixture) *e2eUser { return f.alice }, nil, "", "")(f)
+			m := hostileSignedBy(func(f *hostileFixture) *e2eUser { return f.alice }, nil, "", "")(f)
 			return bytes.Replace(m, []byte("Please renew"), []byte("Please ronew"), 1)
 		},
 		reply: []string{"rejection alice@example.com"}, why: "content altered"},
 	{name: "tampered content, Reply-To another user", from: "bob@example.com", smtp: 250,
 		msg: func(f *hostileFixture) []byte {
-			m := signedBy(func(f *hostileFixture) *e2eUser { return f.bob }, nil, "", "Reply-To: gina@example.com\r\n")(f)
+			m := hostileSignedBy(func(f *hostileFixture) *e2eUser { return f.bob }, nil, "", "Reply-To: gina@example.com\r\n")(f)
 			return bytes.Replace(m, []byte("Please renew"), []byte("Please ronew"), 1)
 		},
 		reply: []string{"rejection bob@example.com"}, why: "content altered"},
 	{name: "SHA-1 signature", from: "alice@example.com", smtp: 250,
-		msg: alicesSignature(func(f *hostileFixture) []byte {
+		msg: hostileAliceSignature(func(f *hostileFixture) []byte {
 			return e2eCMS(f.d.t, e2eText("Please renew my certificate."), f.alice.key, f.alice.cert, cmsOptions{hash: crypto.SHA1})
 		}),
 		reply: []string{"rejection alice@example.com"}, why: "weak algorithm"},
 	{name: "signer certificate left out", from: "alice@example.com", smtp: 250,
-		msg: alicesSignature(func(f *hostileFixture) []byte {
+		msg: hostileAliceSignature(func(f *hostileFixture) []byte {
 			return e2eCMS(f.d.t, e2eText("Please renew my certificate."), f.alice.key, f.alice.cert, cmsOptions{noCerts: true})
 		}),
 		reply: []string{"rejection alice@example.com"}, why: "no_request"},
 	{name: "truncated CMS (a real signature cut in half)", from: "alice@example.com", smtp: 250,
-		msg: alicesSignature(func(f *hostileFixture) []byte {
+		msg: hostileAliceSignature(func(f *hostileFixture) []byte {
 			sig := e2eCMS(f.d.t, e2eText("Please renew my certificate."), f.alice.key, f.alice.cert, cmsOptions{})
 			return sig[:len(sig)/2]
 		}),
-		reply: []string{"rejection alice@example.com"}, why: "bad_signature: smime: malformed input"},
+		reply: []string{"rejection alice@example.com"}, why: "unreadable: malformed input"},
 	{name: "truncated CMS (static)", from: "alice@example.com", smtp: 250, msg: hostileFile("truncated-cms.eml"),
-		reply: []string{"rejection alice@example.com"}, why: "bad_signature: smime: malformed input"},
+		reply: []string{"rejection alice@example.com"}, why: "unreadable: malformed input"},
 	{name: "garbage CMS", from: "alice@example.com", smtp: 250, msg: hostileFile("garbage-cms.eml"),
-		reply: []string{"rejection alice@example.com"}, why: "bad_signature: smime: malformed input"},
+		reply: []string{"rejection alice@example.com"}, why: "unreadable: malformed input"},
 	{name: "CMS bomb: huge lengths", from: "alice@example.com", smtp: 250, msg: hostileFile("huge-length-cms.eml"),
 		reply: []string{"rejection alice@example.com"}, why: "ASN.1 length of 8 octets"},
 	{name: "CMS bomb: 100,000 levels of BER nesting", from: "alice@example.com", smtp: 250,
-		msg:   alicesSignature(func(*hostileFixture) []byte { return berBomb(100000) }),
+		msg:   hostileAliceSignature(func(*hostileFixture) []byte { return e2eBERBomb(100000) }),
 		reply: []string{"rejection alice@example.com"}, why: "ASN.1 nesting deeper than"},
 	{name: "CMS bomb: 200,000 elements", from: "alice@example.com", smtp: 250,
-		msg:   alicesSignature(func(*hostileFixture) []byte { return berMany(200000) }),
+		msg:   hostileAliceSignature(func(*hostileFixture) []byte { return e2eBERMany(200000) }),
 		reply: []string{"rejection alice@example.com"}, why: "ASN.1 elements"},
-	{name: "opaque signed-data of garbage, from a stranger", from: stranger, smtp: 250, msg: hostileFile("opaque-garbage.eml"),
+	{name: "opaque signed-data of garbage, from a stranger", from: hostileStranger, smtp: 250, msg: hostileFile("opaque-garbage.eml"),
 		why: "dropped: unknown sender"},
-	{name: "enveloped-data of garbage, from a stranger", from: stranger, smtp: 250, msg: hostileFile("enveloped-garbage.eml"),
+	{name: "enveloped-data of garbage, from a stranger", from: hostileStranger, smtp: 250, msg: hostileFile("enveloped-garbage.eml"),
 		why: "dropped: unknown sender mallory@evil.example.net: undecryptable"},
 	{name: "opaque signed-data by a superseded certificate", from: "alice@example.com", smtp: 250,
 		msg: func(f *hostileFixture) []byte {
@@ -270,44 +272,44 @@ var hostileRows = []hostileRow{
 		reply: []string{"rejection alice@example.com"}, why: "is superseded"},
 
 	// MIME that is too much or not MIME.
-	{name: "MIME with 5,000 parts", from: "alice@example.com", smtp: 250, msg: manyParts(5000),
+	{name: "MIME with 5,000 parts", from: "alice@example.com", smtp: 250, msg: hostileManyParts(5000),
 		reply: []string{"rejection alice@example.com"}, why: "MIME parts"},
-	{name: "multiparts nested 60 deep", from: stranger, smtp: 250, msg: nested(60), why: "MIME nesting deeper than"},
+	{name: "multiparts hostileNested 60 deep", from: hostileStranger, smtp: 250, msg: hostileNested(60), why: "MIME nesting deeper than"},
 	{name: "header bomb: 200 KB of folded header", from: "alice@example.com", smtp: 250,
 		msg: func(f *hostileFixture) []byte {
 			junk := "X-Junk: " + strings.Repeat(strings.Repeat("j", 98)+"\r\n ", 2000) + "end\r\n"
-			return signedBy(func(f *hostileFixture) *e2eUser { return f.alice }, nil, "", junk)(f)
+			return hostileSignedBy(func(f *hostileFixture) *e2eUser { return f.alice }, nil, "", junk)(f)
 		},
 		why: "header of"},
 	// RFC 5321 allows 1,000 octets a line, go-smtp 2,000; the transfer is
 	// refused and the connection closed.
 	{name: "a header line over the SMTP line limit", from: "alice@example.com", smtp: 554,
 		msg: func(f *hostileFixture) []byte {
-			return signedBy(func(f *hostileFixture) *e2eUser { return f.alice }, nil, "", "X-Junk: "+strings.Repeat("j", 3000)+"\r\n")(f)
+			return hostileSignedBy(func(f *hostileFixture) *e2eUser { return f.alice }, nil, "", "X-Junk: "+strings.Repeat("j", 3000)+"\r\n")(f)
 		}},
-	{name: "8-bit garbage", from: stranger, smtp: 250, msg: hostileFile("8bit-garbage.eml"), why: "dropped: unreadable"},
+	{name: "8-bit garbage", from: hostileStranger, smtp: 250, msg: hostileFile("8bit-garbage.eml"), why: "dropped: unreadable"},
 	{name: "From with two addresses", from: "alice@example.com", smtp: 250, msg: hostileFile("two-from.eml"), why: "From has 2 addresses"},
 	{name: "missing From", from: "alice@example.com", smtp: 250, msg: hostileFile("no-from.eml"), why: "From has 0 addresses"},
 
 	// Enrollment requests that must not enroll.
 	{name: "CSR with a bad self-signature", from: "harry@example.com", smtp: 250,
-		msg:   enrollmentFrom("harry@example.com", func(f *hostileFixture) [][]byte { return [][]byte{badCSR(f, f.harry.code)} }),
+		msg:   hostileEnrollment("harry@example.com", func(f *hostileFixture) [][]byte { return [][]byte{hostileBadCSR(f, f.harry.code)} }),
 		reply: []string{"rejection harry@example.com"}, why: "self-signature does not verify"},
 	{name: "base64 garbage in application/pkcs10", from: "harry@example.com", smtp: 250, msg: hostileFile("pkcs10-bad-base64.eml"),
 		reply: []string{"rejection harry@example.com"}, why: "illegal base64"},
 	{name: "weak key (RSA-1024) with the right code", from: "harry@example.com", smtp: 250,
-		msg:   enrollmentFrom("harry@example.com", csrFor("rsa1024", harrysCode)),
+		msg:   hostileEnrollment("harry@example.com", hostileCSR("rsa1024", harrysCode)),
 		reply: []string{"rejection harry@example.com"}, why: "weak key"},
 	{name: "P-224 key with the right code", from: "harry@example.com", smtp: 250,
-		msg:   enrollmentFrom("harry@example.com", csrFor("p224", harrysCode)),
+		msg:   hostileEnrollment("harry@example.com", hostileCSR("p224", harrysCode)),
 		reply: []string{"rejection harry@example.com"}, why: "P-224"},
 	{name: "two CSRs with the right code", from: "harry@example.com", smtp: 250,
-		msg: enrollmentFrom("harry@example.com", func(f *hostileFixture) [][]byte {
-			return append(csrFor("p256", harrysCode)(f), csrFor("p256", harrysCode)(f)...)
+		msg: hostileEnrollment("harry@example.com", func(f *hostileFixture) [][]byte {
+			return append(hostileCSR("p256", harrysCode)(f), hostileCSR("p256", harrysCode)(f)...)
 		}),
 		reply: []string{"rejection harry@example.com"}, why: "several_csrs"},
 	{name: "wrong code", from: "harry@example.com", smtp: 250,
-		msg: enrollmentFrom("harry@example.com", csrFor("p256", func(f *hostileFixture) string {
+		msg: hostileEnrollment("harry@example.com", hostileCSR("p256", func(f *hostileFixture) string {
 			code, err := enroll.NewCode()
 			if err != nil {
 				f.d.t.Fatal(err)
@@ -316,25 +318,25 @@ var hostileRows = []hostileRow{
 		})),
 		reply: []string{"rejection harry@example.com"}, why: "wrong enrollment code"},
 	{name: "another invited user's code", from: "harry@example.com", smtp: 250,
-		msg:   enrollmentFrom("harry@example.com", csrFor("p256", ginasCode)),
+		msg:   hostileEnrollment("harry@example.com", hostileCSR("p256", ginasCode)),
 		reply: []string{"rejection harry@example.com"}, why: "wrong enrollment code"},
-	{name: "a user's code from a non-user of the domain", from: localStranger, smtp: 250,
-		msg: enrollmentFrom(localStranger, csrFor("p256", ginasCode)), why: "dropped: not a user"},
-	{name: "a user's code from a domain kms does not serve", from: stranger, smtp: 250,
-		msg: enrollmentFrom(stranger, csrFor("p256", ginasCode)), why: "dropped: not a user"},
+	{name: "a user's code from a non-user of the domain", from: hostileLocalStranger, smtp: 250,
+		msg: hostileEnrollment(hostileLocalStranger, hostileCSR("p256", ginasCode)), why: "dropped: not a user"},
+	{name: "a user's code from a domain kms does not serve", from: hostileStranger, smtp: 250,
+		msg: hostileEnrollment(hostileStranger, hostileCSR("p256", ginasCode)), why: "dropped: not a user"},
 	{name: "reused code", from: "alice@example.com", smtp: 250,
-		msg:   enrollmentFrom("alice@example.com", csrFor("p256", func(f *hostileFixture) string { return f.aliceCode })),
+		msg:   hostileEnrollment("alice@example.com", hostileCSR("p256", func(f *hostileFixture) string { return f.aliceCode })),
 		reply: []string{"rejection alice@example.com"}, why: "not invited"},
 	{name: "expired code", from: "ivan@short.example.com", smtp: 250,
-		msg:   enrollmentFrom("ivan@short.example.com", csrFor("p256", func(f *hostileFixture) string { return f.ivan.code })),
+		msg:   hostileEnrollment("ivan@short.example.com", hostileCSR("p256", func(f *hostileFixture) string { return f.ivan.code })),
 		reply: []string{"rejection ivan@short.example.com"}, why: "enrollment code expired"},
 
 	// Rekey requests with a bad CSR inside a valid signature.
 	{name: "rekey CSR with a bad self-signature, validly signed", from: "alice@example.com", smtp: 250,
-		msg:   aliceSigns(func(f *hostileFixture) []byte { return e2eCSRParts(badCSR(f, "")) }),
+		msg:   hostileAliceSigns(func(f *hostileFixture) []byte { return e2eCSRParts(hostileBadCSR(f, "")) }),
 		reply: []string{"rejection alice@example.com"}, why: "self-signature does not verify"},
 	{name: "rekey to a weak key, validly signed", from: "alice@example.com", smtp: 250,
-		msg: aliceSigns(func(f *hostileFixture) []byte {
+		msg: hostileAliceSigns(func(f *hostileFixture) []byte {
 			return e2eCSRParts(e2eCSR(f.d.t, e2eKey(f.d.t, "rsa1024"), "alice", ""))
 		}),
 		reply: []string{"rejection alice@example.com"}, why: "weak key"},
@@ -346,9 +348,9 @@ var hostileRows = []hostileRow{
 		msg: func(f *hostileFixture) []byte { return append([]byte("X-Resent: yes\r\n"), f.aliceRenewal...) },
 		why: "replay"},
 	{name: "null sender, with a valid signed renewal", from: "", smtp: 250,
-		msg: signedBy(func(f *hostileFixture) *e2eUser { return f.alice }, nil, "", ""), why: "null return path"},
+		msg: hostileSignedBy(func(f *hostileFixture) *e2eUser { return f.alice }, nil, "", ""), why: "null return path"},
 	{name: "Auto-Submitted: auto-replied, with a valid signed renewal", from: "alice@example.com", smtp: 250,
-		msg: signedBy(func(f *hostileFixture) *e2eUser { return f.alice }, nil, "", "Auto-Submitted: auto-replied\r\n"),
+		msg: hostileSignedBy(func(f *hostileFixture) *e2eUser { return f.alice }, nil, "", "Auto-Submitted: auto-replied\r\n"),
 		why: "Auto-Submitted"},
 	{name: "multipart/report DSN", from: "postmaster@mx.example.org", smtp: 250, msg: hostileFile("dsn.eml"),
 		why: "report"},
@@ -361,12 +363,12 @@ var hostileRows = []hostileRow{
 		why: "unknown sender kms@example.com"},
 
 	// The SMTP edge.
-	{name: "oversized message (3 MiB)", from: "alice@example.com", smtp: 552, msg: sized(3 << 20)},
-	{name: "1 byte over the limit", from: stranger, smtp: 552, msg: sized(e2eMaxBytes + 1)},
-	{name: "1 byte under the limit", from: stranger, smtp: 250, msg: sized(e2eMaxBytes - 1), why: "dropped: unknown sender"},
-	{name: "exactly at the limit", from: stranger, smtp: 250, msg: sized(e2eMaxBytes), why: "dropped: unknown sender"},
+	{name: "oversized message (3 MiB)", from: "alice@example.com", smtp: 552, msg: hostileSized(3 << 20)},
+	{name: "1 byte over the limit", from: hostileStranger, smtp: 552, msg: hostileSized(e2eMaxBytes + 1)},
+	{name: "1 byte under the limit", from: hostileStranger, smtp: 250, msg: hostileSized(e2eMaxBytes - 1), why: "dropped: unknown sender"},
+	{name: "exactly at the limit", from: hostileStranger, smtp: 250, msg: hostileSized(e2eMaxBytes), why: "dropped: unknown sender"},
 	{name: "non-KMS recipient", from: "alice@example.com", rcpt: []string{"alice@example.com"}, smtp: 550,
-		msg: signedBy(func(f *hostileFixture) *e2eUser { return f.alice }, nil, "", "")},
-	{name: "a relay attempt to another domain", from: stranger, rcpt: []string{"victim@elsewhere.example.org"}, smtp: 550,
-		msg: func(f *hostileFixture) []byte { return e2ePlain(stranger, "hi", "", e2eText("relay me")) }},
+		msg: hostileSignedBy(func(f *hostileFixture) *e2eUser { return f.alice }, nil, "", "")},
+	{name: "a relay attempt to another domain", from: hostileStranger, rcpt: []string{"victim@elsewhere.example.org"}, smtp: 550,
+		msg: func(f *hostileFixture) []byte { return e2ePlain(hostileStranger, "hi", "", e2eText("relay me")) }},
 }

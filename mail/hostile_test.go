@@ -107,8 +107,8 @@ func TestHostileRequests(t *testing.T) {
 	for _, u := range []*e2eUser{f.alice, f.bob, f.dave, f.erin, f.frank, f.gina, f.harry, f.ivan} {
 		onRecord[u.email] = true
 	}
-	for _, m := range d.deliveredAfter(mark{}) {
-		if !onRecord[addrOf(m.to)] {
+	for _, m := range d.deliveredAfter(e2eMark{}) {
+		if !onRecord[e2eAddr(m.to)] {
 			t.Errorf("kms mailed %s (%q), not an address on record", m.to, m.subject)
 		}
 	}
@@ -157,7 +157,7 @@ func checkHostile(t *testing.T, d *e2eDaemon, f *hostileFixture, row hostileRow)
 	}
 	var to []string
 	for _, m := range d.deliveredAfter(before) {
-		to = append(to, addrOf(m.to))
+		to = append(to, e2eAddr(m.to))
 	}
 	sort.Strings(to)
 	var wantTo []string

@@ -31,6 +31,13 @@ func (p *Processor) signed(ctx context.Context, r request, log *slog.Logger) err
 			// authenticate this message.
 			return p.enrollment(ctx, r, nil, log)
 		}
+		if errors.Is(err, smime.ErrBadCSR) {
+			return p.refuse(ctx, r, r.msg.From, "bad_csr",
+				"The certificate request in your message is not valid ("+plainError(err)+"). Make a new request and send it again.", err, log)
+		}
+		if errors.Is(err, smime.ErrMalformed) || errors.Is(err, smime.ErrLimit) {
+			return p.refuse(ctx, r, r.msg.From, "unreadable", "kms could not read your message: "+plainError(err)+".", err, log)
+		}
 		return p.refuse(ctx, r, r.msg.From, "bad_signature",
 			"The digital signature on your message could not be verified ("+plainError(err)+"). Sign the message with your current kms certificate and send it again.", err, log)
 	}
@@ -165,9 +172,10 @@ func refusalText(err error) (string, bool) {
 	return "", false
 }
 
-// plainError drops the Go package prefixes from an error for a person.
+// plainError drops the Go package prefixes from an error for a person, and
+// any bytes of the message that are not UTF-8.
 func plainError(err error) string {
-	return strings.TrimPrefix(err.Error(), "smime: ")
+	return strings.ToValidUTF8(strings.TrimPrefix(err.Error(), "smime: "), "?")
 }
 
 // refuse answers a refused request: with a rejection to the user on record
@@ -191,7 +199,7 @@ func (p *Processor) refuse(ctx context.Context, r request, addr, reason, text st
 	log.Warn("request refused", "reason", reason, "err", cause, "reply_to", u.Email)
 	p.count("rejected", reason)
 	return p.opt.Service.RefuseInbound(ctx, r.in.ID, &kms.Reply{Kind: kms.MailRejection, To: u.Email, InReplyTo: r.messageID,
-		Payload: kms.OutboxPayload{Email: u.Email, Reason: text, Subject: subject}}, reason+": "+cause.Error())
+		Payload: kms.OutboxPayload{Email: u.Email, Reason: text, Subject: strings.ToValidUTF8(subject, "?")}}, reason+": "+plainError(cause))
 }
 
 // lapseNotice answers a signed request from a user whose certificate has
@@ -207,7 +215,7 @@ func (p *Processor) lapseNotice(ctx context.Context, r request, c *kms.Certifica
 func (p *Processor) drop(ctx context.Context, in kms.Inbound, why string, log *slog.Logger) error {
 	log.Warn("request dropped without reply", "why", why)
 	p.count("dropped", dropReason(why))
-	return p.opt.Queue.FinishInbound(ctx, in.ID, kms.InboundRefused, "dropped: "+why, p.opt.Clock.Now())
+	return p.opt.Queue.FinishInbound(ctx, in.ID, kms.InboundRefused, "dropped: "+strings.ToValidUTF8(why, "?"), p.opt.Clock.Now())
 }
 
 // dropReason is a bounded metric label for why.

@@ -148,7 +148,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	srv.TLSConfig = cfg.TLSConfig
 	// go-smtp enforces this for DATA (while reading), for BDAT (summing the
 	// chunk sizes before reading each) and for MAIL SIZE=.
-	srv.MaxMessageBytes = cfg.MaxMessageBytes
+	// go-smtp stops reading DATA after exactly MaxMessageBytes and then
+	// fails, before it sees the final dot: a message of exactly the limit
+	// would get 552. One byte more here lets it through; Data keeps the
+	// exact limit (a message over it is still refused with 552).
+	srv.MaxMessageBytes = cfg.MaxMessageBytes + 1
 	srv.ReadTimeout = cfg.ReadTimeout
 	srv.WriteTimeout = cfg.WriteTimeout
 	srv.ErrorLog = slogPrinter{cfg.Log}

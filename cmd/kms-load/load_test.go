@@ -33,7 +33,9 @@ func envInt(t *testing.T, name string, def int) int {
 // daemon assembled in-process, and checks that every renewal was answered
 // and recorded; it asserts no timing. It is small by default (3 users, 3
 // renewals each); KMS_LOAD_USERS, KMS_LOAD_RENEWALS, KMS_LOAD_CONCURRENCY
-// and KMS_LOAD_CA=rsa2048 make it a profiling run of the daemon's side:
+// and KMS_LOAD_CA=rsa2048 make it a profiling run of the daemon's side
+// (KMS_LOAD_WORKERS and KMS_LOAD_OUTBOX_WORKERS vary the daemon's
+// concurrency):
 //
 //	KMS_LOAD_CA=rsa2048 KMS_LOAD_USERS=32 KMS_LOAD_RENEWALS=640 \
 //	  go test ./cmd/kms-load -run TestLoadInProcess -cpuprofile cpu.out

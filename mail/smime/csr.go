@@ -109,32 +109,50 @@ func isASCII(b []byte) bool {
 	return true
 }
 
+// maxPEMCSRs bounds the CSR blocks read from one text: more than one is
+// already ambiguous, and each costs a signature check.
+const maxPEMCSRs = 10
+
 // csrsFromPEM returns the certification requests in PEM blocks of text
-// ("CERTIFICATE REQUEST", or the older "NEW CERTIFICATE REQUEST"). Other
-// blocks are skipped; a block of the right type that does not parse is an
-// error.
+// ("CERTIFICATE REQUEST", or the older "NEW CERTIFICATE REQUEST"). Only
+// blocks whose BEGIN line starts a line count, so quoted replies ("> ")
+// are skipped; other block types are ignored; a block of the right type
+// that does not parse is an error. The text is scanned line by line, once:
+// pem.Decode alone rescans the rest of the input for every BEGIN, which is
+// quadratic on hostile input.
 func csrsFromPEM(text []byte) ([]*CSR, error) {
 	var out []*CSR
-	for len(text) > 0 {
-		i := bytes.Index(text, []byte("-----BEGIN "))
-		if i < 0 {
-			break
+	start := -1 // offset of the current BEGIN line, -1 outside a block
+	for off := 0; off < len(text); {
+		end := bytes.IndexByte(text[off:], '\n')
+		next := len(text)
+		if end >= 0 {
+			next = off + end + 1
 		}
-		block, rest := pem.Decode(text[i:])
-		if block == nil {
-			// Not a valid block at this position: look further on.
-			text = text[i+len("-----BEGIN "):]
-			continue
+		line := bytes.TrimRight(text[off:next], " \t\r\n")
+		switch {
+		case bytes.Equal(line, []byte("-----BEGIN CERTIFICATE REQUEST-----")),
+			bytes.Equal(line, []byte("-----BEGIN NEW CERTIFICATE REQUEST-----")):
+			start = off
+		case start >= 0 && bytes.HasPrefix(line, []byte("-----END ")):
+			if next-start > 2*maxCSRBytes {
+				return nil, fmt.Errorf("%w: PEM block of %d bytes", ErrLimit, next-start)
+			}
+			block, _ := pem.Decode(text[start:next])
+			start = -1
+			if block == nil {
+				return nil, fmt.Errorf("%w: PEM certification request block does not decode", ErrBadCSR)
+			}
+			if len(out) == maxPEMCSRs {
+				return nil, fmt.Errorf("%w: more than %d certification requests", ErrLimit, maxPEMCSRs)
+			}
+			c, err := ParseCSR(block.Bytes)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, c)
 		}
-		text = rest
-		if block.Type != "CERTIFICATE REQUEST" && block.Type != "NEW CERTIFICATE REQUEST" {
-			continue
-		}
-		c, err := ParseCSR(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
+		off = next
 	}
 	return out, nil
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
+	"strings"
 	"testing"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -150,4 +151,27 @@ func splitLines(s string) []string {
 		s = s[i:]
 	}
 	return out
+}
+
+// TestCSRsFromPEMHostileText: texts that made pem.Decode rescan the input
+// for every BEGIN line (quadratic, minutes on a few MiB) must be read in
+// one pass. The test has no timing assertion; a regression shows as a
+// test timeout.
+func TestCSRsFromPEMHostileText(t *testing.T) {
+	for name, unit := range map[string]string{
+		"BEGIN lines without END": "-----BEGIN CERTIFICATE REQUEST-----\n",
+		"other BEGIN lines":       "-----BEGIN X-----\n",
+		"bare BEGIN markers":      "-----BEGIN ",
+	} {
+		text := []byte(strings.Repeat(unit, (3<<20)/len(unit)))
+		csrs, err := csrsFromPEM(text)
+		if err != nil || len(csrs) != 0 {
+			t.Errorf("%s: %d CSRs, %v", name, len(csrs), err)
+		}
+	}
+	der := makeCSR(t, newKey(t, "ec"), func(*cryptobyte.Builder) {})
+	block := "-----BEGIN CERTIFICATE REQUEST-----\n" + wrap64(b64(der)) + "-----END CERTIFICATE REQUEST-----\n"
+	if _, err := csrsFromPEM([]byte(strings.Repeat(block, maxPEMCSRs+1))); !errors.Is(err, ErrLimit) {
+		t.Errorf("%d CSR blocks: %v, want ErrLimit", maxPEMCSRs+1, err)
+	}
 }

@@ -116,7 +116,9 @@ type implicitRejection struct {
 }
 
 func (d implicitRejection) Decrypt(r io.Reader, msg []byte, opts crypto.DecrypterOpts) ([]byte, error) {
+	//lint:ignore SA1019 S/MIME clients send PKCS #1 v1.5 key transport (RFC 8551 2.3); this adds implicit rejection.
 	if _, ok := opts.(*rsa.PKCS1v15DecryptOptions); ok {
+		//lint:ignore SA1019 as above
 		opts = &rsa.PKCS1v15DecryptOptions{SessionKeyLen: d.keyLen}
 	}
 	return d.Decrypter.Decrypt(r, msg, opts)
@@ -294,14 +296,85 @@ func unwrapKey(ri *recipientInfo, key crypto.Decrypter, keyLen int) ([]byte, err
 	if _, ok := key.Public().(*rsa.PublicKey); !ok {
 		return nil, fmt.Errorf("%w: key transport with a %T key", ErrUnsupported, key.Public())
 	}
+	var opts crypto.DecrypterOpts
 	switch {
 	case oid.Equal(oidRSA):
-		k, err := key.Decrypt(rand.Reader, ri.encryptedKey, &rsa.PKCS1v15DecryptOptions{SessionKeyLen: keyLen})
+		//lint:ignore SA1019 S/MIME clients send PKCS #1 v1.5 key transport (RFC 8551 2.3); SessionKeyLen gives implicit rejection.
+		opts = &rsa.PKCS1v15DecryptOptions{SessionKeyLen: keyLen}
+	case oid.Equal(oidRSAOAEP):
+		h, err := oaepHash(alg)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrDecrypt, err)
+			return nil, err
 		}
-		return k, nil
+		opts = &rsa.OAEPOptions{Hash: h, MGFHash: h}
 	default:
-		return nil, fmt.Errorf("%w: key transport algorithm %v; use RSA PKCS#1 v1.5", ErrUnsupported, oid)
+		return nil, fmt.Errorf("%w: key transport algorithm %v; use RSA PKCS#1 v1.5 or OAEP", ErrUnsupported, oid)
 	}
+	k, err := key.Decrypt(rand.Reader, ri.encryptedKey, opts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrDecrypt, err)
+	}
+	return k, nil
+}
+
+// oaepHash reads RSAES-OAEP-params (RFC 4055 4.1) and returns the hash used
+// for both the label and MGF1; parameters that use two different hashes are
+// not supported. Absent parameters mean SHA-1, which is sound for OAEP.
+func oaepHash(params cryptobyte.String) (crypto.Hash, error) {
+	if params.Empty() {
+		return crypto.SHA1, nil
+	}
+	var seq cryptobyte.String
+	if !params.ReadASN1(&seq, cbasn1.SEQUENCE) {
+		return 0, errEnvelope
+	}
+	h, mgf := crypto.SHA1, crypto.SHA1
+	var field cryptobyte.String
+	var present bool
+	if !seq.ReadOptionalASN1(&field, &present, cbasn1.Tag(0).Constructed().ContextSpecific()) {
+		return 0, errEnvelope
+	}
+	if present {
+		var err error
+		if h, err = oaepDigest(&field); err != nil {
+			return 0, err
+		}
+	}
+	if !seq.ReadOptionalASN1(&field, &present, cbasn1.Tag(1).Constructed().ContextSpecific()) {
+		return 0, errEnvelope
+	}
+	if present {
+		var alg cryptobyte.String
+		var oid asn1.ObjectIdentifier
+		if !field.ReadASN1(&alg, cbasn1.SEQUENCE) || !alg.ReadASN1ObjectIdentifier(&oid) || !oid.Equal(oidMGF1) {
+			return 0, fmt.Errorf("%w: OAEP mask generation is not MGF1", ErrUnsupported)
+		}
+		var err error
+		if mgf, err = oaepDigest(&alg); err != nil {
+			return 0, err
+		}
+	}
+	if h != mgf {
+		return 0, fmt.Errorf("%w: OAEP with hash %v and MGF1 hash %v", ErrUnsupported, h, mgf)
+	}
+	return h, nil
+}
+
+func oaepDigest(s *cryptobyte.String) (crypto.Hash, error) {
+	var alg cryptobyte.String
+	var oid asn1.ObjectIdentifier
+	if !s.ReadASN1(&alg, cbasn1.SEQUENCE) || !alg.ReadASN1ObjectIdentifier(&oid) {
+		return 0, errEnvelope
+	}
+	switch {
+	case oid.Equal(oidSHA1):
+		return crypto.SHA1, nil
+	case oid.Equal(oidSHA256):
+		return crypto.SHA256, nil
+	case oid.Equal(oidSHA384):
+		return crypto.SHA384, nil
+	case oid.Equal(oidSHA512):
+		return crypto.SHA512, nil
+	}
+	return 0, fmt.Errorf("%w: OAEP hash %s", ErrUnsupported, oid)
 }

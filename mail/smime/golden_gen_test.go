@@ -2,6 +2,7 @@ package smime
 
 import (
 	"crypto/x509"
+	"net/mail"
 	"os"
 	"path/filepath"
 	"strings"
@@ -53,11 +54,17 @@ func TestGenerateGolden(t *testing.T) {
 			// gpgsm 2.2 reads only the older PKCS#12 encryption.
 			"-keypbe", "PBE-SHA1-3DES", "-certpbe", "PBE-SHA1-3DES", "-macalg", "sha1")
 		os.Remove(chainFile)
+		if err := os.Chmod(filepath.Join(pkiDir, name+".p12"), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	g := loadGoldenPKI(t)
 	gen := &generator{t: t, dir: t.TempDir(), g: g}
 	gen.all()
-	writeFile(t, filepath.Join(goldenDir, "README.md"), []byte(gen.readme()))
+	gen.replies()
+	if err := os.WriteFile(filepath.Join(goldenDir, "README.md"), []byte(gen.readme()), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 type generator struct {
@@ -72,7 +79,9 @@ func (gen *generator) tmp(name string) string { return filepath.Join(gen.dir, na
 
 // save writes a golden sample and records how it was made.
 func (gen *generator) save(name string, b []byte, how string) {
-	writeFile(gen.t, filepath.Join(goldenDir, name), b)
+	if err := os.WriteFile(filepath.Join(goldenDir, name), b, 0o644); err != nil {
+		gen.t.Fatal(err)
+	}
 	gen.notes = append(gen.notes, "- `"+name+"`: "+how)
 }
 
@@ -90,7 +99,9 @@ func (gen *generator) all() {
 	runTool(t, nil, nil, "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
 		"-keyout", gen.tmp("bob2.key"), "-subj", "/CN=bob@example.com", "-out", gen.tmp("bob2.csr"), "-outform", "DER")
 	davePEM, _ := os.ReadFile(gen.tmp("dave.csr"))
-	writeFile(t, filepath.Join(goldenDir, "openssl-req-challenge.csr"), davePEM)
+	if err := os.WriteFile(filepath.Join(goldenDir, "openssl-req-challenge.csr"), davePEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	gen.notes = append(gen.notes, "- `openssl-req-challenge.csr`: `openssl req -new -newkey rsa:2048 -nodes -config req.cnf` with `[attrs] challengePassword = ENROLL-7Q2K-94XD-PL3M` and subject CN=Dave Example, emailAddress=dave@example.com.")
 	bob2DER, _ := os.ReadFile(gen.tmp("bob2.csr"))
 	rekeyPEM := writeFile(t, gen.tmp("rekey-pem.txt"), crlf("Content-Type: text/plain; charset=us-ascii\n\nPlease certify this new key.\n\n"+string(davePEM)))
@@ -163,6 +174,35 @@ func (gen *generator) all() {
 	cms := runTool(t, nil, nil, "cmsutil", "-S", "-G", "-H", "SHA256", "-N", "bob-ec", "-d", db, "-i", renew)
 	gen.save("nss-opaque-ec.eml", wrapOpaque("From: bob@example.com\r\nTo: kms@example.com\r\nSubject: Renew\r\n", "signed-data", cms),
 		"`cmsutil -S -G -H SHA256 -N bob-ec -i renew.txt` (content included), wrapped as application/pkcs7-mime.")
+}
+
+// replies saves what Compose writes, for the engineers reading KMS mail
+// and as fixtures; TestComposeInterop checks fresh ones with every tool.
+func (gen *generator) replies() {
+	g := gen.g
+	m := Message{
+		From:          mail.Address{Name: "Key Management Server", Address: "kms@example.com"},
+		To:            []mail.Address{{Name: "Alice", Address: "alice@example.com"}},
+		Subject:       "Your new S/MIME certificate",
+		Date:          time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC),
+		MessageID:     "reply-1@kms.example.com",
+		InReplyTo:     []string{"req-1@mail.example.com"},
+		References:    []string{"req-1@mail.example.com"},
+		AutoSubmitted: "auto-replied",
+		Text:          "Hello Alice,\n\nyour certificate was renewed; it is attached and valid until 1 January 2045.\n",
+		Certs:         []*x509.Certificate{g.alice.cert, g.ca},
+	}
+	raw, err := Compose(m, g.kms.signer())
+	if err != nil {
+		gen.t.Fatal(err)
+	}
+	gen.save("kms-certificate-reply.eml", raw, "A certificate reply written by `Compose` (signed by kms, certs-only attachment with alice's certificate and the CA).")
+	m.Certs, m.Subject, m.MessageID = nil, "Your S/MIME certificate expires soon", "reminder-1@kms.example.com"
+	m.Text, m.AutoSubmitted, m.InReplyTo, m.References = "Reply to this message, digitally signed, to renew.\n", "auto-generated", nil, nil
+	if raw, err = Compose(m, g.kms.signer()); err != nil {
+		gen.t.Fatal(err)
+	}
+	gen.save("kms-reminder.eml", raw, "A text-only reminder written by `Compose`.")
 }
 
 func (gen *generator) readme() string {

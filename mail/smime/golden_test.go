@@ -237,3 +237,21 @@ func TestGoldenStreamIsBER(t *testing.T) {
 		t.Fatalf("toDER: %v", err)
 	}
 }
+
+// TestGoldenReplies reads back the replies Compose wrote into testdata.
+func TestGoldenReplies(t *testing.T) {
+	g := loadGoldenPKI(t)
+	for file, certs := range map[string]int{"kms-certificate-reply.eml": 3, "kms-reminder.eml": 2} {
+		r, err := ParseRequest(readGolden(t, file), Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := r.Verify(g.opts())
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if !v.Signature.SignerHasAddress("kms@example.com") || len(v.Signature.Certificates) != certs {
+			t.Errorf("%s: signer %v, %d certificates, want %d", file, v.Signature.Signer.EmailAddresses, len(v.Signature.Certificates), certs)
+		}
+	}
+}

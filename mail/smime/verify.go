@@ -312,6 +312,9 @@ func replayID(issuer, serial, signed []byte) [32]byte {
 // emailProtection or any usage; a key usage extension, when present, must
 // allow digitalSignature or nonRepudiation).
 func verifyChain(signer *x509.Certificate, carried []*x509.Certificate, opts VerifyOptions) ([]*x509.Certificate, error) {
+	if signer.KeyUsage != 0 && signer.KeyUsage&(x509.KeyUsageDigitalSignature|x509.KeyUsageContentCommitment) == 0 {
+		return nil, fmt.Errorf("%w: signer certificate key usage does not allow digital signatures", ErrUntrustedSigner)
+	}
 	inter := x509.NewCertPool()
 	if opts.Intermediates != nil {
 		inter = opts.Intermediates.Clone()
@@ -338,9 +341,6 @@ func verifyChain(signer *x509.Certificate, carried []*x509.Certificate, opts Ver
 			}
 		}
 		return nil, fmt.Errorf("%w: %v", ErrUntrustedSigner, err)
-	}
-	if signer.KeyUsage != 0 && signer.KeyUsage&(x509.KeyUsageDigitalSignature|x509.KeyUsageContentCommitment) == 0 {
-		return nil, fmt.Errorf("%w: signer certificate key usage does not allow digital signatures", ErrUntrustedSigner)
 	}
 	return chains[0], nil
 }

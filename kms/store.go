@@ -30,11 +30,9 @@ type Store struct {
 	db      *sql.DB
 	dialect dialect
 	stmts   sync.Map // query text → *sql.Stmt, for the hot paths
-	// writer serialises this process's write transactions on SQLite, which
-	// allows one writer at a time anyway: waiting on a Go mutex is a
-	// hand-off, while waiting in SQLite's busy handler is a sleep of up to
-	// tens of milliseconds per retry.
-	writer sync.Mutex
+	// group batches this process's write transactions on SQLite (see
+	// groupCommit).
+	group groupCommit
 }
 
 // dialect holds the few things that differ between the two databases. The
@@ -204,8 +202,7 @@ func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 // PostgreSQL a serialization failure is retried a few times.
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	if s.dialect.name == "sqlite" {
-		s.writer.Lock()
-		defer s.writer.Unlock()
+		return s.group.run(ctx, s.db, fn)
 	}
 	for attempt := 0; ; attempt++ {
 		tx, err := s.db.BeginTx(ctx, nil)

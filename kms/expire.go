@@ -83,11 +83,11 @@ func (s *Service) expireOne(ctx context.Context, serial string, now time.Time) (
 		}
 		lapsed = true
 		p := OutboxPayload{Email: c.Email, Serial: serial, NotAfter: c.NotAfter}
-		if _, err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailLapse, To: c.Email, Payload: p}, s.msgDom, now); err != nil {
+		if err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailLapse, To: c.Email, Payload: p}, s.msgDom, now); err != nil {
 			return err
 		}
 		if s.admin != "" {
-			if _, err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailLapseAdmin, To: s.admin, Payload: p}, s.msgDom, now); err != nil {
+			if err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailLapseAdmin, To: s.admin, Payload: p}, s.msgDom, now); err != nil {
 				return err
 			}
 		}

@@ -188,7 +188,7 @@ func (s *Service) FailOutbox(ctx context.Context, id int64, why string, now time
 		if err != nil || s.admin == "" || to == s.admin || kind == MailUndeliverable {
 			return err
 		}
-		_, err = s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailUndeliverable, To: s.admin,
+		err = s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailUndeliverable, To: s.admin,
 			Payload: OutboxPayload{Email: to, Reason: why, Operation: string(kind), Subject: msgID}}, s.msgDom, now)
 		return err
 	})
@@ -252,7 +252,7 @@ func (s *Service) RefuseInbound(ctx context.Context, id int64, reply *Reply, out
 			s.log.Warn("reply suppressed: too many to one address", "to", reply.To, "kind", reply.Kind, "last_hour", recent)
 			return nil
 		}
-		_, err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: reply.Kind, To: reply.To, InReplyTo: reply.InReplyTo,
+		err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: reply.Kind, To: reply.To, InReplyTo: reply.InReplyTo,
 			Payload: reply.Payload}, s.msgDom, now)
 		queued = err == nil
 		return err

@@ -69,7 +69,7 @@ func (s *Service) revokeRow(ctx context.Context, tx *sql.Tx, c *certRow, reason 
 	c.State = CertRevoked
 	c.RevokedAt = &now
 	c.RevocationReason = ReasonName(reason)
-	if _, err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailRevocation, To: c.Email,
+	if err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailRevocation, To: c.Email,
 		Payload: OutboxPayload{Email: c.Email, Serial: c.Serial, NotAfter: c.NotAfter, Reason: ReasonName(reason)}}, s.msgDom, now); err != nil {
 		return err
 	}

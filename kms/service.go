@@ -177,7 +177,7 @@ func (s *Service) Enroll(ctx context.Context, addr, name, actor string) (*Enroll
 			VALUES ($1, $2, 'outstanding', $3, $4)`, u.ID, enroll.Hash(code), ms(now), ms(expires)); err != nil {
 			return err
 		}
-		if _, err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailInvitation, To: email,
+		if err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailInvitation, To: email,
 			Payload: OutboxPayload{Email: email}}, s.msgDom, now); err != nil {
 			return err
 		}
@@ -458,7 +458,7 @@ func (s *Service) recordIssue(ctx context.Context, tx *sql.Tx, row *certRow, op 
 	if err := finishInbound(ctx, q, req.InboundID, InboundDone, op+" "+row.Serial, now); err != nil {
 		return err
 	}
-	if _, err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailCertificate, To: row.Email, InReplyTo: req.MessageID,
+	if err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailCertificate, To: row.Email, InReplyTo: req.MessageID,
 		Payload: OutboxPayload{Email: row.Email, Serial: row.Serial, NotAfter: row.NotAfter, Operation: op, Subject: req.Subject}}, s.msgDom, now); err != nil {
 		return err
 	}

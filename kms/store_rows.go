@@ -184,10 +184,17 @@ const insertOutboxSQL = `INSERT INTO outbox
 	(kind, recipient, message_id, in_reply_to, payload, state, created_at, next_attempt_at)
 	VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6) RETURNING id`
 
-// insertOutbox queues mail in the caller's transaction and returns its id.
-func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, m outboxMail, msgDomain string, now time.Time) (int64, error) {
-	q := s.q(tx)
-	return queueMail(ctx, func(args ...any) *sql.Row { return q.QueryRowContext(ctx, insertOutboxSQL, args...) }, m, msgDomain, now)
+// insertOutbox queues mail in the caller's transaction.
+func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, m outboxMail, msgDomain string, now time.Time) error {
+	payload, err := json.Marshal(m.Payload)
+	if err != nil {
+		return err
+	}
+	_, err = s.q(tx).ExecContext(ctx, `INSERT INTO outbox
+		(kind, recipient, message_id, in_reply_to, payload, state, created_at, next_attempt_at)
+		VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6)`,
+		string(m.Kind), m.To, newMessageID(msgDomain), m.InReplyTo, string(payload), ms(now))
+	return err
 }
 
 // queueMail runs the outbox insert through query, a plain or a prepared

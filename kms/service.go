@@ -334,10 +334,7 @@ func (s *Service) renew(ctx context.Context, serial string, newKey crypto.Public
 	if err != nil {
 		return nil, s.refused(ctx, req.Actor, op, "", serial, err)
 	}
-	u, err := s.store.userByID(ctx, s.store.q(nil), old.userID, false)
-	if err != nil {
-		return nil, err
-	}
+	u := &User{ID: old.userID, Email: old.Email, State: old.userState}
 	if err := checkRenewable(u, old, now); err != nil {
 		return nil, s.refused(ctx, req.Actor, op, u.Email, serial, err)
 	}
@@ -367,13 +364,12 @@ func (s *Service) renew(ctx context.Context, serial string, newKey crypto.Public
 		row.KeySince = old.KeySince // a "rekey" to the same key is a renewal
 	}
 	err = s.store.tx(ctx, func(tx *sql.Tx) error {
+		// The predecessor must still be current and its owner still
+		// active: one statement checks both and supersedes it.
 		res, err := s.store.q(tx).ExecContext(ctx, `UPDATE certificates SET state = 'superseded', superseded_by = $1, next_reminder_at = NULL
-			WHERE serial = $2 AND state = 'current'`, row.Serial, serial)
-		if err := oneRow(res, err, "certificate "+serial+" is no longer current"); err != nil {
-			return err
-		}
-		res, err = s.store.q(tx).ExecContext(ctx, `UPDATE users SET updated_at = $1 WHERE id = $2 AND state = 'active'`, ms(now), u.ID)
-		if err := oneRow(res, err, "user no longer active"); err != nil {
+			WHERE serial = $2 AND state = 'current' AND user_id IN (SELECT id FROM users WHERE id = $3 AND state = 'active')`,
+			row.Serial, serial, u.ID)
+		if err := oneRow(res, err, "certificate "+serial+" is no longer current, or its user no longer active"); err != nil {
 			return err
 		}
 		return s.recordIssue(ctx, tx, row, op, req, pol, now)

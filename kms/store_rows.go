@@ -52,18 +52,6 @@ func (s *Store) userByEmail(ctx context.Context, q querier, email string, lock b
 	return u, err
 }
 
-func (s *Store) userByID(ctx context.Context, q querier, id int64, lock bool) (*User, error) {
-	query := `SELECT ` + userColumns + ` FROM users WHERE id = $1`
-	if lock {
-		query += s.dialect.lockRow
-	}
-	u, err := scanUser(q.QueryRowContext(ctx, query, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("user #%d: %w", id, ErrNotFound)
-	}
-	return u, err
-}
-
 func setUserState(ctx context.Context, tx *sql.Tx, id int64, state UserState, now time.Time) error {
 	_, err := tx.ExecContext(ctx, `UPDATE users SET state = $1, updated_at = $2 WHERE id = $3`, string(state), ms(now), id)
 	return err
@@ -71,29 +59,31 @@ func setUserState(ctx context.Context, tx *sql.Tx, id int64, state UserState, no
 
 const certColumns = `c.serial, u.email, c.state, c.not_before, c.not_after, c.issued_at, c.key_since,
 	c.imported, c.superseded_by, c.revoked_at, c.revocation_reason, c.next_reminder_at,
-	c.last_reminder_at, c.reminders_sent, c.der, c.key_hash, c.user_id`
+	c.last_reminder_at, c.reminders_sent, c.der, c.key_hash, c.user_id, u.state`
 
 // certRow is a certificate with the columns the operations need beyond the
 // public view.
 type certRow struct {
 	Certificate
-	keyHash []byte
-	userID  int64
+	keyHash   []byte
+	userID    int64
+	userState UserState // the owner's state when the row was read
 }
 
 func scanCert(row interface{ Scan(...any) error }) (*certRow, error) {
 	var (
 		c                             certRow
-		state                         string
+		state, userState              string
 		nb, na, issued, since         int64
 		imported                      int64
 		supersededBy                  sql.NullString
 		revokedAt, reason, next, last sql.NullInt64
 	)
 	if err := row.Scan(&c.Serial, &c.Email, &state, &nb, &na, &issued, &since, &imported,
-		&supersededBy, &revokedAt, &reason, &next, &last, &c.RemindersSent, &c.DER, &c.keyHash, &c.userID); err != nil {
+		&supersededBy, &revokedAt, &reason, &next, &last, &c.RemindersSent, &c.DER, &c.keyHash, &c.userID, &userState); err != nil {
 		return nil, err
 	}
+	c.userState = UserState(userState)
 	c.State = CertState(state)
 	c.NotBefore, c.NotAfter, c.IssuedAt, c.KeySince = fromMS(nb), fromMS(na), fromMS(issued), fromMS(since)
 	c.Imported = imported != 0

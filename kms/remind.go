@@ -92,65 +92,77 @@ func (s *Service) dueReminders(ctx context.Context, now time.Time) ([]dueReminde
 
 // queueReminders handles one batch in one transaction. Several due
 // certificates of one user make one mail, about the one expiring first.
+// The work is set-based, a few statements per batch rather than per row:
+// one UPDATE ... FROM (VALUES ...) claims and advances every certificate,
+// returning those it claimed, and one multi-row INSERT queues the mails.
+// The outbox row is the record of the reminder (kind, recipient, time and
+// the certificate in its payload); the certificate row counts them.
 func (s *Service) queueReminders(ctx context.Context, batch []dueReminder, now time.Time) (int, error) {
 	queued := 0
 	err := s.store.tx(ctx, func(tx *sql.Tx) error {
 		queued = 0
-		advance, err := tx.PrepareContext(ctx, `UPDATE certificates SET next_reminder_at = $1, last_reminder_at = $2,
-			reminders_sent = reminders_sent + 1 WHERE serial = $3 AND next_reminder_at = $4 AND state = 'current'`)
+		active, err := s.activeUsers(ctx, tx, batch)
 		if err != nil {
 			return err
 		}
-		defer advance.Close()
-		record, err := tx.PrepareContext(ctx, `INSERT INTO reminders (serial, user_id, due_at, queued_at, outbox_id) VALUES ($1, $2, $3, $4, $5)`)
+		claimed, err := s.advanceReminders(ctx, tx, batch, active, now)
 		if err != nil {
 			return err
 		}
-		defer record.Close()
-		queue, err := tx.PrepareContext(ctx, insertOutboxSQL)
-		if err != nil {
-			return err
+		var mails []outboxMail
+		mailed := map[int64]bool{}
+		for _, d := range batch { // oldest due first: the mail is about that one
+			if !claimed[d.serial] || !active[d.userID] || mailed[d.userID] {
+				continue // another daemon took it, or its user is not active, or already mailed
+			}
+			mailed[d.userID] = true
+			mails = append(mails, outboxMail{Kind: MailReminder, To: d.email,
+				Payload: OutboxPayload{Email: d.email, Serial: d.serial, NotAfter: d.notAfter}})
 		}
-		defer queue.Close()
-		queueRow := func(args ...any) *sql.Row { return queue.QueryRowContext(ctx, args...) }
-		activeUsers, err := s.activeUsers(ctx, tx, batch)
-		if err != nil {
-			return err
-		}
-		mailed := map[int64]int64{} // user → outbox id of this pass's reminder
-		for _, d := range batch {
-			var next sql.NullInt64
-			active := activeUsers[d.userID]
-			if active {
-				pol := s.policies.For(d.email[strings.LastIndexByte(d.email, '@')+1:])
-				if due, ok := pol.Reminders.Next(d.notBefore, d.notAfter, now); ok {
-					next = sql.NullInt64{Int64: ms(due), Valid: true}
-				}
-			}
-			res, err := advance.ExecContext(ctx, next, ms(now), d.serial, d.due)
-			if err != nil {
-				return err
-			}
-			if n, _ := res.RowsAffected(); n == 0 || !active {
-				continue // another daemon took it, or it changed state; or no mail for a user not active
-			}
-			outboxID, ok := mailed[d.userID]
-			if !ok {
-				outboxID, err = queueMail(ctx, queueRow, outboxMail{Kind: MailReminder, To: d.email,
-					Payload: OutboxPayload{Email: d.email, Serial: d.serial, NotAfter: d.notAfter}}, s.msgDom, now)
-				if err != nil {
-					return err
-				}
-				mailed[d.userID] = outboxID
-				queued++
-			}
-			if _, err := record.ExecContext(ctx, d.serial, d.userID, d.due, ms(now), outboxID); err != nil {
-				return err
-			}
-		}
-		return nil
+		queued = len(mails)
+		return s.store.insertOutboxRows(ctx, tx, mails, s.msgDom, now)
 	})
 	return queued, err
+}
+
+// advanceReminders moves each due certificate's next reminder on (to none
+// for a user who is not active), if it is still due at the time read: a
+// compare-and-set, so that of two daemons only one claims a reminder. It
+// returns the serials it claimed.
+func (s *Service) advanceReminders(ctx context.Context, tx *sql.Tx, batch []dueReminder, active map[int64]bool, now time.Time) (map[string]bool, error) {
+	var (
+		values []string
+		args   = []any{ms(now)}
+	)
+	for _, d := range batch {
+		var next any // NULL: no more reminders
+		if active[d.userID] {
+			pol := s.policies.For(d.email[strings.LastIndexByte(d.email, '@')+1:])
+			if due, ok := pol.Reminders.Next(d.notBefore, d.notAfter, now); ok {
+				next = ms(due)
+			}
+		}
+		n := len(args)
+		values = append(values, fmt.Sprintf("($%d, CAST($%d AS BIGINT), CAST($%d AS BIGINT))", n+1, n+2, n+3))
+		args = append(args, d.serial, d.due, next)
+	}
+	rows, err := tx.QueryContext(ctx, `WITH v (serial, due_at, next_at) AS (VALUES `+strings.Join(values, ", ")+`)
+		UPDATE certificates SET next_reminder_at = v.next_at, last_reminder_at = $1, reminders_sent = reminders_sent + 1
+		FROM v WHERE certificates.serial = v.serial AND certificates.next_reminder_at = v.due_at AND certificates.state = 'current'
+		RETURNING certificates.serial`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("reminders: advance: %w", err)
+	}
+	defer rows.Close()
+	claimed := make(map[string]bool, len(batch))
+	for rows.Next() {
+		var serial string
+		if err := rows.Scan(&serial); err != nil {
+			return nil, err
+		}
+		claimed[serial] = true
+	}
+	return claimed, rows.Err()
 }
 
 // activeUsers reports which of the batch's users are active; a reminder

@@ -170,10 +170,6 @@ type outboxMail struct {
 	Payload   OutboxPayload
 }
 
-const insertOutboxSQL = `INSERT INTO outbox
-	(kind, recipient, message_id, in_reply_to, payload, state, created_at, next_attempt_at)
-	VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6) RETURNING id`
-
 // insertOutbox queues mail in the caller's transaction.
 func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, m outboxMail, msgDomain string, now time.Time) error {
 	payload, err := json.Marshal(m.Payload)
@@ -187,16 +183,28 @@ func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, m outboxMail, msgD
 	return err
 }
 
-// queueMail runs the outbox insert through query, a plain or a prepared
-// statement (the reminder scheduler queues thousands in one transaction).
-func queueMail(ctx context.Context, query func(args ...any) *sql.Row, m outboxMail, msgDomain string, now time.Time) (int64, error) {
-	payload, err := json.Marshal(m.Payload)
-	if err != nil {
-		return 0, err
+// insertOutboxRows queues many mails with multi-row INSERTs.
+func (s *Store) insertOutboxRows(ctx context.Context, tx *sql.Tx, mails []outboxMail, msgDomain string, now time.Time) error {
+	const perStatement = 500 // 7 parameters each, well under both databases' limits
+	for start := 0; start < len(mails); start += perStatement {
+		chunk := mails[start:min(start+perStatement, len(mails))]
+		values := make([]string, 0, len(chunk))
+		args := make([]any, 0, 7*len(chunk))
+		for _, m := range chunk {
+			payload, err := json.Marshal(m.Payload)
+			if err != nil {
+				return err
+			}
+			n := len(args)
+			values = append(values, fmt.Sprintf("($%d, $%d, $%d, $%d, $%d, 'pending', $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7))
+			args = append(args, string(m.Kind), m.To, newMessageID(msgDomain), m.InReplyTo, string(payload), ms(now), ms(now))
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO outbox
+			(kind, recipient, message_id, in_reply_to, payload, state, created_at, next_attempt_at) VALUES `+strings.Join(values, ", "), args...); err != nil {
+			return fmt.Errorf("outbox: %w", err)
+		}
 	}
-	var id int64
-	err = query(string(m.Kind), m.To, newMessageID(msgDomain), m.InReplyTo, string(payload), ms(now)).Scan(&id)
-	return id, err
+	return nil
 }
 
 // newMessageID makes an RFC 5322 Message-ID. It is fixed when the mail is

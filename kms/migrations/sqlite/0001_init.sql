@@ -91,15 +91,6 @@ CREATE TABLE seen_signatures (
     seen_at     BIGINT  NOT NULL
 );
 
-CREATE TABLE reminders (
-    id          INTEGER PRIMARY KEY,
-    serial      TEXT    NOT NULL REFERENCES certificates (serial),
-    user_id     BIGINT  NOT NULL REFERENCES users (id),
-    due_at      BIGINT  NOT NULL,
-    queued_at   BIGINT  NOT NULL,
-    outbox_id   BIGINT  NOT NULL REFERENCES outbox (id)
-);
-CREATE INDEX reminders_by_serial ON reminders (serial);
 
 -- Append-only record of every enrollment, issuance, revocation and refusal.
 CREATE TABLE audit (

@@ -158,7 +158,7 @@ func (g *generator) makeUsers(ctx context.Context) ([]*user, error) {
 		if err != nil {
 			return nil, err
 		}
-		csr, err := certificationRequest(key, email, en.Code)
+		csr, err := smime.CreateCSR(key, email, en.Code)
 		if err != nil {
 			return nil, err
 		}

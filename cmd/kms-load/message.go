@@ -3,82 +3,16 @@ package main
 import (
 	"bytes"
 	"crypto"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/asn1"
 	"encoding/base64"
 	"fmt"
 	"time"
-
-	"golang.org/x/crypto/cryptobyte"
-	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
 	"github.com/kmsmail/kms/mail/smime"
 )
 
 // What a user's mail client sends: the enrollment request (SPEC 4.1) and
 // the signed same-key renewal request (SPEC 4.2).
-
-var (
-	oidChallengePassword = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 7}
-	oidECDSAWithSHA256   = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
-	oidSHA256WithRSA     = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 11}
-)
-
-// certificationRequest returns a DER PKCS#10 request for key whose
-// challengePassword is code. crypto/x509 cannot write that attribute.
-func certificationRequest(key crypto.Signer, email, code string) ([]byte, error) {
-	name, err := asn1.Marshal(pkix.Name{CommonName: email}.ToRDNSequence())
-	if err != nil {
-		return nil, err
-	}
-	spki, err := x509.MarshalPKIXPublicKey(key.Public())
-	if err != nil {
-		return nil, err
-	}
-	var tb cryptobyte.Builder
-	tb.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1Int64(0)
-		b.AddBytes(name)
-		b.AddBytes(spki)
-		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddASN1ObjectIdentifier(oidChallengePassword)
-				b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) {
-					b.AddASN1(cbasn1.UTF8String, func(b *cryptobyte.Builder) { b.AddBytes([]byte(code)) })
-				})
-			})
-		})
-	})
-	tbs, err := tb.Bytes()
-	if err != nil {
-		return nil, err
-	}
-	digest := sha256.Sum256(tbs)
-	sig, err := key.Sign(rand.Reader, digest[:], crypto.SHA256)
-	if err != nil {
-		return nil, fmt.Errorf("sign the certification request: %w", err)
-	}
-	alg := oidECDSAWithSHA256
-	if _, ok := key.Public().(*rsa.PublicKey); ok {
-		alg = oidSHA256WithRSA
-	}
-	var b cryptobyte.Builder
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddBytes(tbs)
-		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			b.AddASN1ObjectIdentifier(alg)
-			if alg.Equal(oidSHA256WithRSA) {
-				b.AddASN1NULL()
-			}
-		})
-		b.AddASN1BitString(sig)
-	})
-	return b.Bytes()
-}
 
 // header writes the message header fields every request carries.
 func header(b *bytes.Buffer, from, to, subject, messageID string, now time.Time) {

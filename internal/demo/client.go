@@ -3,14 +3,10 @@ package demo
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/asn1"
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
@@ -20,9 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/crypto/cryptobyte"
-	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
-
 	"github.com/kmsmail/kms/mail/smime"
 )
 
@@ -30,11 +23,6 @@ import (
 // key and a certification request, mails it over SMTP, takes the
 // certificate out of kms's reply, and signs a renewal request with it, as
 // Thunderbird or Outlook would.
-
-var (
-	oidChallengePassword = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 7}
-	oidECDSAWithSHA256   = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
-)
 
 // user is Alice or Bob: a key, and the certificate kms issued for it.
 type user struct {
@@ -61,44 +49,7 @@ func (u *user) newKey() error {
 // SET of type-and-value SEQUENCEs, where challengePassword is a single
 // DirectoryString. So the request is built here, as openssl req does.
 func certificationRequest(key *ecdsa.PrivateKey, name, code string) ([]byte, error) {
-	subject, err := asn1.Marshal(pkix.Name{CommonName: name}.ToRDNSequence())
-	if err != nil {
-		return nil, err
-	}
-	spki, err := x509.MarshalPKIXPublicKey(key.Public())
-	if err != nil {
-		return nil, err
-	}
-	var info cryptobyte.Builder
-	info.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1Int64(0) // version 1
-		b.AddBytes(subject)
-		b.AddBytes(spki)
-		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddASN1ObjectIdentifier(oidChallengePassword)
-				b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) {
-					b.AddASN1(cbasn1.UTF8String, func(b *cryptobyte.Builder) { b.AddBytes([]byte(code)) })
-				})
-			})
-		})
-	})
-	tbs, err := info.Bytes()
-	if err != nil {
-		return nil, err
-	}
-	digest := sha256.Sum256(tbs)
-	sig, err := key.Sign(rand.Reader, digest[:], crypto.SHA256)
-	if err != nil {
-		return nil, err
-	}
-	var req cryptobyte.Builder
-	req.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddBytes(tbs)
-		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(oidECDSAWithSHA256) })
-		b.AddASN1BitString(sig)
-	})
-	return req.Bytes()
+	return smime.CreateCSR(key, name, code)
 }
 
 // enrollmentMail is a message carrying a certification request with code:

@@ -120,6 +120,11 @@ type Store struct {
 type CA struct {
 	KeyFile        string `yaml:"key_file"` // default DATA_DIR/ca/issuer.key
 	PassphraseFile string `yaml:"passphrase_file"`
+	// ImportTrustFile is a PEM file of CA certificates whose certificates,
+	// once imported (kms cert import), may sign renewal requests: SPEC 4.2's
+	// "tracked by import and trusted by configuration". Empty: only
+	// certificates kms issued renew by mail.
+	ImportTrustFile string `yaml:"import_trust_file"`
 	// KeyType is the key type of the issuing CA and of the KMS's own
 	// signing certificate when the first run creates them.
 	KeyType policy.KeyType `yaml:"key_type"`

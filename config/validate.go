@@ -271,6 +271,9 @@ func (c *Config) validateCA(p *problems) {
 		p.add("ca.key_type", 0, nil, "%q is not a key type; use one of %s", c.CA.KeyType, keyTypeNames())
 	}
 	c.checkSecret(p, "ca.passphrase_file", c.CA.PassphraseFile, EnvCAPassphrase, false)
+	if c.CA.ImportTrustFile != "" {
+		checkFile(p, "ca.import_trust_file", c.CA.ImportTrustFile)
+	}
 }
 
 func (c *Config) validateLog(p *problems) {

@@ -49,6 +49,11 @@ func (p *Processor) signed(ctx context.Context, r request, log *slog.Logger) err
 		return err
 	}
 	log = log.With("signer_serial", cert.Serial, "user", cert.Email)
+	if !certNames(v.Signature.Signer.EmailAddresses, cert.Email) {
+		// A tracked certificate whose address is not the user's on record
+		// proves nothing about that user (SPEC 4.2).
+		return p.drop(ctx, r.in, fmt.Sprintf("signer certificate names %v, not %s on record", v.Signature.Signer.EmailAddresses, cert.Email), log)
+	}
 	if !strings.EqualFold(r.msg.From, cert.Email) {
 		return p.refuse(ctx, r, cert.Email, "from_mismatch",
 			fmt.Sprintf("The message was signed with the certificate of %s but sent from %s. Send renewal requests from the address the certificate names.", cert.Email, r.msg.From),
@@ -82,6 +87,17 @@ func (p *Processor) answers(ctx context.Context, inReplyTo []string) kms.OutboxK
 		}
 	}
 	return ""
+}
+
+// certNames reports whether a certificate's rfc822Names include email, in
+// any case (kms keeps addresses in lower case).
+func certNames(names []string, email string) bool {
+	for _, n := range names {
+		if strings.EqualFold(n, email) {
+			return true
+		}
+	}
+	return false
 }
 
 // enrollment handles a message that only an enrollment code can

@@ -160,6 +160,14 @@ func checkCRLWithOpenSSL(t *testing.T, d *daemonProc, dir string) {
 // writeForeignCert writes a PEM certificate for email from a throwaway CA.
 func writeForeignCert(t *testing.T, dir, email string) string {
 	t.Helper()
+	cert, _, _ := writeForeignPKI(t, dir, email)
+	return cert
+}
+
+// writeForeignPKI writes, for email, a certificate from a throwaway "old
+// CA", its key (PKCS#8 PEM) and the CA's certificate, returning the paths.
+func writeForeignPKI(t *testing.T, dir, email string) (certFile, keyFile, caFile string) {
+	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Old CA"}, IsCA: true,
 		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().AddDate(2, 0, 0)}
@@ -176,9 +184,16 @@ func writeForeignCert(t *testing.T, dir, email string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, "carol.pem")
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	certFile, keyFile, caFile = filepath.Join(dir, email+".pem"), filepath.Join(dir, email+".key"), filepath.Join(dir, "old-ca.pem")
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return path
+	for f, block := range map[string]*pem.Block{certFile: {Type: "CERTIFICATE", Bytes: der},
+		keyFile: {Type: "PRIVATE KEY", Bytes: keyDER}, caFile: {Type: "CERTIFICATE", Bytes: caDER}} {
+		if err := os.WriteFile(f, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return certFile, keyFile, caFile
 }

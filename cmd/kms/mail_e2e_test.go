@@ -258,3 +258,25 @@ func fetch(t *testing.T, url string) []byte {
 	}
 	return b
 }
+
+// TestImportedCertificateRenews: a certificate from another CA, imported
+// and trusted by ca.import_trust_file, renews by a signed message like one
+// kms issued (SPEC 4.2); the renewed certificate is kms's own.
+func TestImportedCertificateRenews(t *testing.T) {
+	needOpenSSL(t)
+	dir := t.TempDir()
+	certFile, keyFile, caFile := writeForeignPKI(t, dir, "carol@example.com")
+	d := newDaemonConfig(t, dir, "ca:\n  import_trust_file: "+caFile+"\n")
+	d.start()
+	chain := filepath.Join(dir, "chain.pem")
+	os.WriteFile(chain, fetch(t, "http://"+d.httpAddr+"/ca.pem"), 0o644)
+	d.cli("cert", "import", certFile).want(t, 0)
+	carol := &opensslUser{t: t, dir: dir, email: "carol@example.com", key: keyFile, cert: certFile}
+	d.sendMail(t, carol.email, carol.signedMail("renew", "Please renew.\n"))
+	carol.takeCertificate(d.waitMail(t, carol.email, "renewed", 1, 30*time.Second)[0], chain)
+	var certs []struct{ State string }
+	json.Unmarshal([]byte(d.cli("cert", "list", "--email", carol.email, "--json").want(t, 0).stdout), &certs)
+	if len(certs) != 2 {
+		t.Fatalf("carol has %d certificates after renewing an imported one, want 2", len(certs))
+	}
+}

@@ -186,6 +186,15 @@ func (d *daemon) buildMail() error {
 	roots, inter := x509.NewCertPool(), x509.NewCertPool()
 	roots.AddCert(d.ca.Root())
 	inter.AddCert(d.ca.Issuer())
+	if f := cfg.CA.ImportTrustFile; f != "" {
+		pemBytes, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("ca.import_trust_file: %w", err)
+		}
+		if !roots.AppendCertsFromPEM(pemBytes) {
+			return fmt.Errorf("ca.import_trust_file %s: no PEM certificate in it", f)
+		}
+	}
 	d.inbound = mail.NewProcessor(mail.ProcessorOptions{
 		Service: d.svc, Queue: d.store, Identity: d.ca, Roots: roots, Intermediates: inter,
 		Limits: smime.Limits{MaxMessageBytes: int(cfg.SMTP.MaxMessageBytes)},

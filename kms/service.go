@@ -177,8 +177,12 @@ func (s *Service) Enroll(ctx context.Context, addr, name, actor string) (*Enroll
 			VALUES ($1, $2, 'outstanding', $3, $4)`, u.ID, enroll.Hash(code), ms(now), ms(expires)); err != nil {
 			return err
 		}
+		invitation := OutboxPayload{Email: email}
+		if pol.Enrollment.MailCode {
+			invitation.Code = code
+		}
 		if err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailInvitation, To: email,
-			Payload: OutboxPayload{Email: email}}, s.msgDom, now); err != nil {
+			Payload: invitation}, s.msgDom, now); err != nil {
 			return err
 		}
 		return insertAudit(ctx, tx, auditEntry{Actor: actor, Action: action, Email: email,

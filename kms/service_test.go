@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"math/big"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -453,5 +454,28 @@ func TestStorePersistsAcrossReopen(t *testing.T) {
 	got, err := e.svc.GetCert(e0ctx, c.Serial)
 	if err != nil || string(got.DER) != string(c.DER) {
 		t.Fatalf("after reopen: %v, %v", got, err)
+	}
+}
+
+// TestInvitationCarriesCodeOnlyByPolicy: the code goes out of band unless
+// the domain's policy says to mail it (SPEC 4.4).
+func TestInvitationCarriesCodeOnlyByPolicy(t *testing.T) {
+	e := newEnv(t, openSQLiteStore)
+	mailing := policy.Default()
+	mailing.Enrollment.MailCode = true
+	e.svc.policies = policy.Set{Default: policy.Default(), Domains: map[string]policy.Policy{"example.com": mailing}}
+	e.svc.domains["example.org"] = true
+	for addr, wantCode := range map[string]bool{"ann@example.com": true, "ben@example.org": false} {
+		en, err := e.svc.Enroll(e.ctx, addr, "", "admin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var payload string
+		if err := e.store.db.QueryRowContext(e.ctx, `SELECT payload FROM outbox WHERE kind = 'invitation' AND recipient = $1`, addr).Scan(&payload); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(payload, en.Code); got != wantCode {
+			t.Errorf("invitation to %s carries the code: %v, want %v (payload %s)", addr, got, wantCode, payload)
+		}
 	}
 }

@@ -160,6 +160,7 @@ type OutboxPayload struct {
 	Reason    string    `json:"reason,omitempty"`    // why (rejections, revocations)
 	Operation string    `json:"operation,omitempty"` // enrollment, renewal, rekey
 	Subject   string    `json:"subject,omitempty"`   // the request's subject, for replies
+	Code      string    `json:"code,omitempty"`      // the enrollment code, only when policy mails it
 }
 
 // outboxMail is one mail to queue.

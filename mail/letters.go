@@ -87,8 +87,15 @@ func writeLetter(kind kms.OutboxKind, d letterData) (letter, error) {
 	case kms.MailInvitation:
 		subject = "You are invited to get an S/MIME certificate"
 		line("Hello,\n\nyour administrator has enrolled %s for an S/MIME certificate, so", p.Email)
-		line("that you can sign and encrypt mail. Your administrator gives you a one-time")
-		line("enrollment code in person or by phone (never by mail).")
+		line("that you can sign and encrypt mail.")
+		if p.Code != "" {
+			line("")
+			line("Your one-time enrollment code is:  %s", p.Code)
+			line("It is valid for one use only.")
+		} else {
+			line("Your administrator gives you a one-time enrollment code in person or by")
+			line("phone (never by mail).")
+		}
 		line("")
 		line("To enroll, make a key and a certificate request whose challenge password")
 		line("is the code, and mail the request to %s. With OpenSSL:", d.KMSAddress)

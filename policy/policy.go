@@ -36,6 +36,10 @@ type Enrollment struct {
 	CodeTTL           Duration `yaml:"code_ttl" json:"code_ttl"`
 	MaxAttempts       int      `yaml:"max_attempts" json:"max_attempts"`
 	RequireEncryption bool     `yaml:"require_encryption" json:"require_encryption"`
+	// MailCode puts the code into the invitation mail. Off by default: a
+	// code mailed to the address it enrolls proves only control of that
+	// mailbox, which is weaker than an administrator's hand-over.
+	MailCode bool `yaml:"mail_code" json:"mail_code"`
 }
 
 // Policy is the complete set of rules for one mail domain.

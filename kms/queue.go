@@ -106,9 +106,8 @@ func (s *Store) FinishInbound(ctx context.Context, id int64, state InboundState,
 
 // RetryInbound releases a claimed message for another attempt at next.
 func (s *Store) RetryInbound(ctx context.Context, id int64, next time.Time, why string) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE inbound SET claimed_until = 0, next_attempt_at = $1, outcome = $2 WHERE id = $3 AND state = 'pending'`,
+	return s.exec(ctx, `UPDATE inbound SET claimed_until = 0, next_attempt_at = $1, outcome = $2 WHERE id = $3 AND state = 'pending'`,
 		ms(next), why, id)
-	return err
 }
 
 // OutboxMessage is one queued mail as the delivery worker sees it.
@@ -159,15 +158,13 @@ func (s *Store) ClaimOutbox(ctx context.Context, now time.Time, lease time.Durat
 
 // MarkSent records a delivered mail.
 func (s *Store) MarkSent(ctx context.Context, id int64, now time.Time) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE outbox SET state = 'sent', sent_at = $1, last_error = '' WHERE id = $2`, ms(now), id)
-	return err
+	return s.exec(ctx, `UPDATE outbox SET state = 'sent', sent_at = $1, last_error = '' WHERE id = $2`, ms(now), id)
 }
 
 // RetryOutbox schedules another delivery attempt at next.
 func (s *Store) RetryOutbox(ctx context.Context, id int64, next time.Time, why string) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE outbox SET claimed_until = 0, next_attempt_at = $1, last_error = $2 WHERE id = $3 AND state = 'pending'`,
+	return s.exec(ctx, `UPDATE outbox SET claimed_until = 0, next_attempt_at = $1, last_error = $2 WHERE id = $3 AND state = 'pending'`,
 		ms(next), why, id)
-	return err
 }
 
 // FailOutbox gives a mail up (a permanent 5xx, or retries exhausted),

@@ -513,8 +513,10 @@ func (s *Service) refused(ctx context.Context, actor, op, email, serial string, 
 	if s.metrics != nil {
 		s.metrics.Refused.WithLabelValues(op, reason).Inc()
 	}
-	if aerr := insertAudit(ctx, s.store.db, auditEntry{Actor: actor, Action: "refuse:" + op, Email: email, Serial: serial,
-		Detail: err.Error()}, s.clock.Now()); aerr != nil {
+	if aerr := s.store.tx(ctx, func(tx *sql.Tx) error {
+		return insertAudit(ctx, s.store.q(tx), auditEntry{Actor: actor, Action: "refuse:" + op, Email: email, Serial: serial,
+			Detail: err.Error()}, s.clock.Now())
+	}); aerr != nil {
 		s.log.Error("audit write failed", "err", aerr)
 	}
 	return err

@@ -308,3 +308,13 @@ func (c cached) QueryRowContext(ctx context.Context, query string, args ...any) 
 	}
 	return st.QueryRowContext(ctx, args...)
 }
+
+// exec runs one write statement as a transaction of its own, through the
+// group commit on SQLite: a write outside Store.tx would wait for the write
+// lock in SQLite's sleeping busy handler.
+func (s *Store) exec(ctx context.Context, query string, args ...any) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := s.q(tx).ExecContext(ctx, query, args...)
+		return err
+	})
+}

@@ -164,7 +164,14 @@ func DeliveryKey(m kms.OutboxMessage) string {
 // marked sent, retried with backoff, or failed.
 func (o *Outbox) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		wg.Wait()
+		// Sessions a transport keeps open between messages end with the
+		// worker.
+		if c, ok := o.transport.(interface{ Close() }); ok {
+			c.Close()
+		}
+	}()
 	busy := make(chan struct{}, o.workers) // one token per delivery in flight
 	release := func(k int) {
 		for range k {

@@ -62,7 +62,26 @@ type Relay struct {
 	plain            bool
 	tls              *tls.Config
 	dial, cmdTimeout time.Duration
+	idle             chan *pooledClient // open sessions ready for the next message
 }
+
+// pooledClient is an SMTP session kept open between messages, so that a
+// burst of mail (a cohort's reminders) does not pay a connection, a TLS
+// handshake and AUTH for every message.
+type pooledClient struct {
+	conn  net.Conn
+	c     *smtp.Client
+	since time.Time // when it was last used
+}
+
+// Pooling limits: relays close idle sessions after a few minutes (RFC 5321
+// asks servers to wait 5), and a session carries a bounded number of
+// messages so that a relay's per-session limits are never reached.
+const (
+	relayIdleMax     = 30 * time.Second
+	relayPoolSize    = 8
+	relayMaxMessages = 100
+)
 
 // NewRelay checks cfg and returns a Relay.
 func NewRelay(cfg RelayConfig) (*Relay, error) {
@@ -77,7 +96,7 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 		return nil, fmt.Errorf("relay: %w", ErrAuthInClear)
 	}
 	r := &Relay{addr: cfg.Addr, hostname: cfg.Hostname, username: cfg.Username, password: string(cfg.Password),
-		plain: cfg.AllowPlaintext, dial: cfg.DialTimeout, cmdTimeout: cfg.Timeout}
+		plain: cfg.AllowPlaintext, dial: cfg.DialTimeout, cmdTimeout: cfg.Timeout, idle: make(chan *pooledClient, relayPoolSize)}
 	if r.dial <= 0 {
 		r.dial = 30 * time.Second
 	}
@@ -98,67 +117,148 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 	return r, nil
 }
 
-// Deliver sends msg to the relay in one SMTP session. Cancelling ctx
-// aborts the session.
+// Deliver sends msg to the relay, over a session kept open from an
+// earlier message when there is one, else a new one. Cancelling ctx aborts
+// the session.
 func (r *Relay) Deliver(ctx context.Context, from string, to []string, msg []byte, _ string) error {
 	if len(to) == 0 {
 		return Permanent(errors.New("relay: no recipient"))
 	}
-	d := net.Dialer{Timeout: r.dial}
-	conn, err := d.DialContext(ctx, "tcp", r.addr)
-	if err != nil {
-		return fmt.Errorf("relay %s: connect: %w", r.addr, err)
+	if pc := r.takeIdle(); pc != nil {
+		sent, err := r.transact(ctx, pc, from, to, msg)
+		if err == nil || sent || IsPermanent(err) || ctx.Err() != nil {
+			return err
+		}
+		// The kept session failed before the relay had the message (it
+		// timed out on its side, say): nothing was delivered, so a fresh
+		// session may try at once.
 	}
-	// go-smtp's client sets deadlines per command only; closing the
-	// connection is what makes the context bound the whole session,
-	// including writing the data.
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	err = r.session(conn, from, to, msg)
-	if err != nil && ctx.Err() != nil {
-		return fmt.Errorf("relay %s: %w (%v)", r.addr, ctx.Err(), err)
-	}
-	return err
-}
-
-func (r *Relay) session(conn net.Conn, from string, to []string, msg []byte) error {
-	c, err := r.open(conn)
+	pc, err := r.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	if r.username != "" {
-		if _, ok := c.TLSConnectionState(); !ok {
-			return fmt.Errorf("relay %s: %w", r.addr, ErrAuthInClear)
-		}
-		if !c.SupportsAuth(sasl.Plain) {
-			return fmt.Errorf("relay %s: does not offer AUTH PLAIN, the only mechanism kms uses", r.addr)
-		}
-		if err := c.Auth(sasl.NewPlainClient("", r.username, r.password)); err != nil {
-			return fmt.Errorf("relay %s: AUTH as %s refused (check relay.username and the password): %w", r.addr, r.username, err)
+	_, err = r.transact(ctx, pc, from, to, msg)
+	return err
+}
+
+// takeIdle returns a kept session that is recent enough, closing stale ones.
+func (r *Relay) takeIdle() *pooledClient {
+	for {
+		select {
+		case pc := <-r.idle:
+			if time.Since(pc.since) < relayIdleMax {
+				return pc
+			}
+			pc.c.Close()
+		default:
+			return nil
 		}
 	}
+}
+
+// connect opens, greets and authenticates a new session.
+func (r *Relay) connect(ctx context.Context) (*pooledClient, error) {
+	d := net.Dialer{Timeout: r.dial}
+	conn, err := d.DialContext(ctx, "tcp", r.addr)
+	if err != nil {
+		return nil, fmt.Errorf("relay %s: connect: %w", r.addr, err)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	c, err := r.open(conn)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if err := r.auth(c); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &pooledClient{conn: conn, c: c}, nil
+}
+
+// transact sends one message on pc, then keeps the session for the next
+// message or closes it. sent reports whether the relay may have the
+// message, i.e. the failure came after DATA began; before that a retry on
+// a new session cannot duplicate it.
+func (r *Relay) transact(ctx context.Context, pc *pooledClient, from string, to []string, msg []byte) (sent bool, err error) {
+	// go-smtp's client sets deadlines per command only; closing the
+	// connection is what makes the context bound the whole transaction,
+	// including writing the data.
+	stop := context.AfterFunc(ctx, func() { pc.conn.Close() })
+	sent, err = r.send(pc.c, from, to, msg)
+	cancelled := !stop() || ctx.Err() != nil
+	switch {
+	case err == nil && !cancelled:
+		r.keep(pc)
+		return true, nil
+	case err != nil && cancelled:
+		pc.c.Close()
+		return sent, fmt.Errorf("relay %s: %w (%v)", r.addr, ctx.Err(), err)
+	case err != nil && IsPermanent(err) && pc.c.Reset() == nil:
+		// The relay refused this message; the session is fine for others.
+		r.keep(pc)
+		return sent, err
+	}
+	pc.c.Close()
+	return sent, err
+}
+
+// keep puts a session back for the next message, or ends it.
+func (r *Relay) keep(pc *pooledClient) {
+	pc.since = time.Now()
+	select {
+	case r.idle <- pc:
+	default:
+		_ = pc.c.Quit()
+	}
+}
+
+// Close ends the kept sessions.
+func (r *Relay) Close() {
+	for pc := r.takeIdle(); pc != nil; pc = r.takeIdle() {
+		_ = pc.c.Quit()
+	}
+}
+
+// auth logs in when a username is configured, over TLS only.
+func (r *Relay) auth(c *smtp.Client) error {
+	if r.username == "" {
+		return nil
+	}
+	if _, ok := c.TLSConnectionState(); !ok {
+		return fmt.Errorf("relay %s: %w", r.addr, ErrAuthInClear)
+	}
+	if !c.SupportsAuth(sasl.Plain) {
+		return fmt.Errorf("relay %s: does not offer AUTH PLAIN, the only mechanism kms uses", r.addr)
+	}
+	if err := c.Auth(sasl.NewPlainClient("", r.username, r.password)); err != nil {
+		return fmt.Errorf("relay %s: AUTH as %s refused (check relay.username and the password): %w", r.addr, r.username, err)
+	}
+	return nil
+}
+
+// send runs one mail transaction: MAIL, RCPT, DATA.
+func (r *Relay) send(c *smtp.Client, from string, to []string, msg []byte) (sent bool, err error) {
 	if err := c.Mail(from, nil); err != nil {
-		return r.fail("MAIL FROM:<"+from+">", err, false)
+		return false, r.fail("MAIL FROM:<"+from+">", err, false)
 	}
 	for _, rcpt := range to {
 		if err := c.Rcpt(rcpt, nil); err != nil {
-			return r.fail("RCPT TO:<"+rcpt+">", err, true)
+			return false, r.fail("RCPT TO:<"+rcpt+">", err, true)
 		}
 	}
 	w, err := c.Data()
 	if err != nil {
-		return r.fail("DATA", err, true)
+		return false, r.fail("DATA", err, true)
 	}
 	if _, err := w.Write(msg); err != nil {
-		return fmt.Errorf("relay %s: sending the message: %w", r.addr, err)
+		return true, fmt.Errorf("relay %s: sending the message: %w", r.addr, err)
 	}
 	if err := w.Close(); err != nil {
-		return r.fail("end of data", err, true)
+		return true, r.fail("end of data", err, true)
 	}
-	// The message is accepted; a failed QUIT changes nothing.
-	_ = c.Quit()
-	return nil
+	return true, nil
 }
 
 // open greets the relay and, unless plaintext is allowed, starts TLS.

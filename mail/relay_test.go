@@ -132,3 +132,34 @@ func TestNewRelayChecksConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestRelayKeepsSessionOpen: consecutive messages share one SMTP session
+// (and one TLS handshake and AUTH), also after the relay refused one of
+// them; Close ends it.
+func TestRelayKeepsSessionOpen(t *testing.T) {
+	r := startRelay(t, true)
+	r.reply("nobody@example.com", 550)
+	relay, err := NewRelay(r.relayConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i, to := range []string{"a@example.com", "nobody@example.com", "b@example.com", "c@example.com"} {
+		err := relay.Deliver(ctx, kmsAddr, []string{to}, []byte("Subject: x\r\n\r\nbody\r\n"), "")
+		if (to == "nobody@example.com") != IsPermanent(err) {
+			t.Fatalf("message %d to %s: %v", i, to, err)
+		}
+	}
+	// go-smtp starts a new server session after STARTTLS, so one
+	// connection is two sessions; AUTH happens once per connection.
+	r.mu.Lock()
+	sessions, auths := r.sessions, r.authSeen
+	r.mu.Unlock()
+	if sessions != 2 || auths != 1 || len(r.received()) != 3 {
+		t.Fatalf("%d sessions, %d AUTHs, %d messages; want 2 (one connection), 1, 3", sessions, auths, len(r.received()))
+	}
+	relay.Close()
+	if pc := relay.takeIdle(); pc != nil {
+		t.Fatal("a session is still kept after Close")
+	}
+}

@@ -90,6 +90,7 @@ type daemon struct {
 	smtpLn   net.Listener
 	inbound  *mail.Processor
 	outbox   *mail.Outbox
+	imap     *mail.IMAPFetcher // nil unless imap.addr is set
 }
 
 // newDaemon creates the data directory, opens the store and the CA
@@ -200,6 +201,20 @@ func (d *daemon) buildMail() error {
 		Limits: smime.Limits{MaxMessageBytes: int(cfg.SMTP.MaxMessageBytes)},
 		Clock:  d.clock, Log: d.log, Registerer: d.registry,
 	})
+	if cfg.IMAP.Addr != "" {
+		password, err := cfg.IMAPPassword()
+		if err != nil {
+			return err
+		}
+		d.imap, err = mail.NewIMAPFetcher(mail.IMAPOptions{
+			Addr: cfg.IMAP.Addr, Username: cfg.IMAP.Username, Password: password, Mailbox: cfg.IMAP.Mailbox,
+			MaxMessageBytes: cfg.SMTP.MaxMessageBytes,
+			Store:           d.store, Clock: d.clock, Log: d.log, Notify: d.inbound.Notify, Registerer: d.registry,
+		})
+		if err != nil {
+			return fmt.Errorf("imap: %w", err)
+		}
+	}
 	var tlsConfig *tls.Config
 	if cfg.SMTP.TLS.CertFile != "" {
 		pair, err := tls.LoadX509KeyPair(cfg.SMTP.TLS.CertFile, cfg.SMTP.TLS.KeyFile)
@@ -270,6 +285,9 @@ func (d *daemon) run(ctx context.Context) error {
 	g.Go(func() error { return d.maintain(gctx) })
 	g.Go(func() error { return d.inbound.Run(gctx) })
 	g.Go(func() error { return d.outbox.Run(gctx) })
+	if d.imap != nil {
+		g.Go(func() error { return d.imap.Run(gctx) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		d.log.Info("shutting down")

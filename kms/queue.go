@@ -34,7 +34,7 @@ type Inbound struct {
 func (s *Store) AcceptInbound(ctx context.Context, raw []byte, mailFrom, remoteAddr string, now time.Time) (id int64, duplicate bool, err error) {
 	digest := sha256.Sum256(raw)
 	err = s.tx(ctx, func(tx *sql.Tx) error {
-		err := tx.QueryRowContext(ctx, `SELECT id FROM inbound WHERE digest = $1`, digest[:]).Scan(&id)
+		err := s.q(tx).QueryRowContext(ctx, `SELECT id FROM inbound WHERE digest = $1`, digest[:]).Scan(&id)
 		if err == nil {
 			duplicate = true
 			return nil
@@ -42,7 +42,7 @@ func (s *Store) AcceptInbound(ctx context.Context, raw []byte, mailFrom, remoteA
 		if !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
-		return tx.QueryRowContext(ctx, `INSERT INTO inbound (digest, mail_from, remote_addr, raw, state, received_at, next_attempt_at)
+		return s.q(tx).QueryRowContext(ctx, `INSERT INTO inbound (digest, mail_from, remote_addr, raw, state, received_at, next_attempt_at)
 			VALUES ($1, $2, $3, $4, 'pending', $5, $5) RETURNING id`, digest[:], mailFrom, remoteAddr, raw, ms(now)).Scan(&id)
 	})
 	return id, duplicate, err
@@ -52,7 +52,7 @@ func (s *Store) AcceptInbound(ctx context.Context, raw []byte, mailFrom, remoteA
 func (s *Store) ClaimInbound(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]Inbound, error) {
 	var out []Inbound
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `UPDATE inbound SET claimed_until = $1, attempts = attempts + 1
+		rows, err := s.q(tx).QueryContext(ctx, `UPDATE inbound SET claimed_until = $1, attempts = attempts + 1
 			WHERE claimed_until <= $2 AND id IN (SELECT id FROM inbound WHERE state = 'pending' AND next_attempt_at <= $2
 				AND claimed_until <= $2 ORDER BY id LIMIT $3`+s.dialect.skipLocked+`)
 			RETURNING id, mail_from, remote_addr, raw, received_at, attempts`, ms(now.Add(lease)), ms(now), limit)
@@ -126,7 +126,7 @@ type OutboxMessage struct {
 func (s *Store) ClaimOutbox(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]OutboxMessage, error) {
 	var out []OutboxMessage
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `UPDATE outbox SET claimed_until = $1, attempts = attempts + 1
+		rows, err := s.q(tx).QueryContext(ctx, `UPDATE outbox SET claimed_until = $1, attempts = attempts + 1
 			WHERE claimed_until <= $2 AND id IN (SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= $2
 				AND claimed_until <= $2 ORDER BY next_attempt_at, id LIMIT $3`+s.dialect.skipLocked+`)
 			RETURNING id, kind, recipient, message_id, in_reply_to, payload, attempts, created_at`, ms(now.Add(lease)), ms(now), limit)
@@ -241,7 +241,7 @@ func (s *Service) RefuseInbound(ctx context.Context, id int64, reply *Reply, out
 		// A cap on answers per address and hour: a peer that answers
 		// every mail without Auto-Submitted cannot start a loop.
 		var recent int
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM outbox WHERE recipient = $1 AND kind = $2 AND created_at > $3`,
+		if err := s.store.q(tx).QueryRowContext(ctx, `SELECT COUNT(*) FROM outbox WHERE recipient = $1 AND kind = $2 AND created_at > $3`,
 			reply.To, string(reply.Kind), ms(now.Add(-time.Hour))).Scan(&recent); err != nil {
 			return err
 		}

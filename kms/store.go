@@ -130,7 +130,7 @@ func openSQLite(path string) (*sql.DB, error) {
 		return nil, err
 	}
 	// One writer at a time is SQLite's model; more connections only help readers.
-	db.SetMaxOpenConns(4)
+	db.SetMaxOpenConns(16)
 	return db, nil
 }
 

@@ -86,7 +86,7 @@ func OpenStoreWithPassword(ctx context.Context, driver, dsn string, password []b
 				pc.Password = string(password)
 			}
 			db = stdlib.OpenDB(*pc)
-			db.SetMaxOpenConns(16)
+			db.SetMaxOpenConns(8)
 		}
 	default:
 		return nil, fmt.Errorf("store: unknown driver %q (use sqlite or postgres)", driver)
@@ -121,7 +121,7 @@ func openSQLite(path string) (*sql.DB, error) {
 		}
 	}
 	q := url.Values{}
-	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)", "busy_timeout(10000)", "cache_size(-65536)"} {
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)", "busy_timeout(10000)", "cache_size(-32768)"} {
 		q.Add("_pragma", p)
 	}
 	q.Set("_txlock", "immediate")
@@ -130,7 +130,7 @@ func openSQLite(path string) (*sql.DB, error) {
 		return nil, err
 	}
 	// One writer at a time is SQLite's model; more connections only help readers.
-	db.SetMaxOpenConns(16)
+	db.SetMaxOpenConns(8)
 	return db, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 )
@@ -100,7 +101,7 @@ func runBatch(db *sql.DB, batch []*groupReq) {
 			continue
 		}
 		if len(batch) == 1 {
-			results[i] = r.fn(tx)
+			results[i] = protect(r.fn, tx)
 			break
 		}
 		var fatal error
@@ -140,7 +141,7 @@ func inSavepoint(ctx context.Context, tx *sql.Tx, fn func(*sql.Tx) error) (ferr,
 	if _, err := tx.ExecContext(bg, "SAVEPOINT grp"); err != nil {
 		return nil, fmt.Errorf("store: savepoint: %w", err)
 	}
-	ferr = fn(tx)
+	ferr = protect(fn, tx)
 	if ferr != nil {
 		if _, err := tx.ExecContext(bg, "ROLLBACK TO SAVEPOINT grp"); err != nil {
 			return ferr, fmt.Errorf("store: rollback to savepoint: %w (after %v)", err, ferr)
@@ -150,4 +151,16 @@ func inSavepoint(ctx context.Context, tx *sql.Tx, fn func(*sql.Tx) error) (ferr,
 		return ferr, fmt.Errorf("store: release savepoint: %w", err)
 	}
 	return ferr, nil
+}
+
+// protect runs fn and turns a panic into an error, so that a bug in one
+// caller's function (an HTTP handler recovers its panics) cannot leave the
+// group commit waiting forever and every later write with it.
+func protect(fn func(*sql.Tx) error, tx *sql.Tx) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("store: panic in transaction: %v\n%s", p, debug.Stack())
+		}
+	}()
+	return fn(tx)
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -77,5 +78,19 @@ func TestGroupCommitCancelled(t *testing.T) {
 	err := st.tx(ctx, func(tx *sql.Tx) error { called = true; return nil })
 	if !errors.Is(err, context.Canceled) || called {
 		t.Fatalf("cancelled transaction: err %v, fn called %v", err, called)
+	}
+}
+
+// TestGroupCommitSurvivesPanic: a function that panics fails alone, and
+// the next transaction still runs.
+func TestGroupCommitSurvivesPanic(t *testing.T) {
+	st := openSQLiteStore(t)
+	ctx := context.Background()
+	err := st.tx(ctx, func(tx *sql.Tx) error { panic("bug") })
+	if err == nil || !strings.Contains(err.Error(), "panic") {
+		t.Fatalf("panicking transaction returned %v", err)
+	}
+	if err := st.tx(ctx, func(tx *sql.Tx) error { return nil }); err != nil {
+		t.Fatalf("transaction after a panic: %v", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -168,7 +169,7 @@ func (p *Processor) Run(ctx context.Context) error {
 // processOne handles one message and records its fate; a temporary failure
 // is retried with backoff, and a message that keeps failing is set aside.
 func (p *Processor) processOne(ctx context.Context, m kms.Inbound) {
-	err := p.Process(ctx, m)
+	err := p.processSafely(ctx, m)
 	if err == nil || ctx.Err() != nil {
 		return
 	}
@@ -186,6 +187,20 @@ func (p *Processor) processOne(ctx context.Context, m kms.Inbound) {
 	if rerr := p.opt.Queue.RetryInbound(ctx, m.ID, now.Add(backoff), err.Error()); rerr != nil {
 		p.opt.Log.Error("inbound: cannot schedule retry", "id", m.ID, "err", rerr)
 	}
+}
+
+// processSafely is Process with a panic turned into an error: a message
+// that trips a bug must not crash the daemon (which would then meet the
+// same message again after a restart); it is retried and set aside.
+func (p *Processor) processSafely(ctx context.Context, m kms.Inbound) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.opt.Log.Error("inbound: panic while processing a message", "id", m.ID, "panic", r, "stack", string(debug.Stack()))
+			p.count("failed", "panic")
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return p.Process(ctx, m)
 }
 
 func (p *Processor) count(outcome, reason string) {

@@ -92,11 +92,9 @@ func (s *Service) dueReminders(ctx context.Context, now time.Time) ([]dueReminde
 
 // queueReminders handles one batch in one transaction. Several due
 // certificates of one user make one mail, about the one expiring first.
-// The work is set-based, a few statements per batch rather than per row:
-// one UPDATE ... FROM (VALUES ...) claims and advances every certificate,
-// returning those it claimed, and one multi-row INSERT queues the mails.
-// The outbox row is the record of the reminder (kind, recipient, time and
-// the certificate in its payload); the certificate row counts them.
+// The mails are queued with multi-row INSERTs. The outbox row is the
+// record of the reminder (kind, recipient, time and the certificate in its
+// payload); the certificate row counts them.
 func (s *Service) queueReminders(ctx context.Context, batch []dueReminder, now time.Time) (int, error) {
 	queued := 0
 	err := s.store.tx(ctx, func(tx *sql.Tx) error {
@@ -128,41 +126,35 @@ func (s *Service) queueReminders(ctx context.Context, batch []dueReminder, now t
 // advanceReminders moves each due certificate's next reminder on (to none
 // for a user who is not active), if it is still due at the time read: a
 // compare-and-set, so that of two daemons only one claims a reminder. It
-// returns the serials it claimed.
+// returns the serials it claimed. One prepared statement per row, looked up
+// by serial: a set-based UPDATE ... FROM (VALUES ...) was tried, and
+// SQLite's planner then scans the reminder index (every tracked
+// certificate) instead of looking the rows up by serial.
 func (s *Service) advanceReminders(ctx context.Context, tx *sql.Tx, batch []dueReminder, active map[int64]bool, now time.Time) (map[string]bool, error) {
-	var (
-		values []string
-		args   = []any{ms(now)}
-	)
+	advance, err := tx.PrepareContext(ctx, `UPDATE certificates SET next_reminder_at = $1, last_reminder_at = $2,
+		reminders_sent = reminders_sent + 1 WHERE serial = $3 AND next_reminder_at = $4`)
+	if err != nil {
+		return nil, err
+	}
+	defer advance.Close()
+	claimed := make(map[string]bool, len(batch))
 	for _, d := range batch {
-		var next any // NULL: no more reminders
+		var next sql.NullInt64 // NULL: no more reminders
 		if active[d.userID] {
 			pol := s.policies.For(d.email[strings.LastIndexByte(d.email, '@')+1:])
 			if due, ok := pol.Reminders.Next(d.notBefore, d.notAfter, now); ok {
-				next = ms(due)
+				next = sql.NullInt64{Int64: ms(due), Valid: true}
 			}
 		}
-		n := len(args)
-		values = append(values, fmt.Sprintf("($%d, CAST($%d AS BIGINT), CAST($%d AS BIGINT))", n+1, n+2, n+3))
-		args = append(args, d.serial, d.due, next)
-	}
-	rows, err := tx.QueryContext(ctx, `WITH v (serial, due_at, next_at) AS (VALUES `+strings.Join(values, ", ")+`)
-		UPDATE certificates SET next_reminder_at = v.next_at, last_reminder_at = $1, reminders_sent = reminders_sent + 1
-		FROM v WHERE certificates.serial = v.serial AND certificates.next_reminder_at = v.due_at AND certificates.state = 'current'
-		RETURNING certificates.serial`, args...)
-	if err != nil {
-		return nil, fmt.Errorf("reminders: advance: %w", err)
-	}
-	defer rows.Close()
-	claimed := make(map[string]bool, len(batch))
-	for rows.Next() {
-		var serial string
-		if err := rows.Scan(&serial); err != nil {
-			return nil, err
+		res, err := advance.ExecContext(ctx, next, ms(now), d.serial, d.due)
+		if err != nil {
+			return nil, fmt.Errorf("reminders: advance %s: %w", d.serial, err)
 		}
-		claimed[serial] = true
+		if n, _ := res.RowsAffected(); n == 1 {
+			claimed[d.serial] = true
+		}
 	}
-	return claimed, rows.Err()
+	return claimed, nil
 }
 
 // activeUsers reports which of the batch's users are active; a reminder

@@ -52,6 +52,17 @@ type dialect struct {
 	skipLocked string
 }
 
+// param returns the placeholder for the n-th (1-based) argument of a
+// statement built at run time. SQLite reads $N as a named parameter and
+// resolves each name by a linear search, which makes a statement with
+// thousands of them quadratic; its positional ? costs nothing.
+func (d dialect) param(n int) string {
+	if d.name == "sqlite" {
+		return "?"
+	}
+	return "$" + strconv.Itoa(n)
+}
+
 var (
 	sqliteDialect   = dialect{name: "sqlite"}
 	postgresDialect = dialect{name: "postgres", lockRow: " FOR UPDATE", migrationLock: "SELECT pg_advisory_xact_lock(7215001)",

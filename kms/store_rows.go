@@ -186,7 +186,7 @@ func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, m outboxMail, msgD
 
 // insertOutboxRows queues many mails with multi-row INSERTs.
 func (s *Store) insertOutboxRows(ctx context.Context, tx *sql.Tx, mails []outboxMail, msgDomain string, now time.Time) error {
-	const perStatement = 500 // 7 parameters each, well under both databases' limits
+	const perStatement = 200 // 7 parameters each, well under both databases' limits
 	for start := 0; start < len(mails); start += perStatement {
 		chunk := mails[start:min(start+perStatement, len(mails))]
 		values := make([]string, 0, len(chunk))
@@ -196,8 +196,8 @@ func (s *Store) insertOutboxRows(ctx context.Context, tx *sql.Tx, mails []outbox
 			if err != nil {
 				return err
 			}
-			n := len(args)
-			values = append(values, fmt.Sprintf("($%d, $%d, $%d, $%d, $%d, 'pending', $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7))
+			n, p := len(args), s.dialect.param
+			values = append(values, "("+p(n+1)+", "+p(n+2)+", "+p(n+3)+", "+p(n+4)+", "+p(n+5)+", 'pending', "+p(n+6)+", "+p(n+7)+")")
 			args = append(args, string(m.Kind), m.To, newMessageID(msgDomain, now), m.InReplyTo, string(payload), ms(now), ms(now))
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO outbox

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -140,6 +141,20 @@ func (s *Server) routes() {
 	}
 	for pattern, h := range api {
 		m.Handle(pattern, s.authed(h))
+	}
+	// Go's profiler, for operators chasing a slow daemon, behind the token:
+	// `curl -H "Authorization: Bearer $(cat DATA_DIR/admin.token)"
+	// http://127.0.0.1:8025/debug/pprof/profile?seconds=10 > cpu.out`.
+	m.Handle("GET /debug/pprof/", s.authed(serve(pprof.Index)))
+	m.Handle("GET /debug/pprof/profile", s.authed(serve(pprof.Profile)))
+	m.Handle("GET /debug/pprof/trace", s.authed(serve(pprof.Trace)))
+}
+
+// serve adapts a plain handler to the authed signature.
+func serve(h http.HandlerFunc) func(http.ResponseWriter, *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		h(w, r)
+		return nil
 	}
 }
 

@@ -94,7 +94,7 @@ func BenchmarkIssue(b *testing.B) {
 		Domains: []string{"example.com"}, KMSAddress: "kms@example.com", Clock: clock.System{}})
 	ctx := context.Background()
 	// One user per goroutine: renewals of one user serialise by design.
-	workers := parallelism() * 16
+	workers := parallelism() * 32
 	serials := make([]string, workers)
 	for i := range serials {
 		email := fmt.Sprintf("bench%d@example.com", i)
@@ -111,7 +111,7 @@ func BenchmarkIssue(b *testing.B) {
 	bound := rawSignRate(authority.IssuerSigner(), time.Second)
 	var next atomic.Int64
 	b.ResetTimer()
-	b.SetParallelism(16)
+	b.SetParallelism(32)
 	b.RunParallel(func(pb *testing.PB) {
 		i := int(next.Add(1)-1) % workers
 		serial := serials[i]

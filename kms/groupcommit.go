@@ -41,7 +41,7 @@ type groupReq struct {
 // maxGroup bounds a batch, so one commit does not hold the lock for long.
 const maxGroup = 64
 
-func (g *groupCommit) run(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
+func (g *groupCommit) run(ctx context.Context, s *Store, fn func(*sql.Tx) error) error {
 	req := &groupReq{ctx: ctx, fn: fn, done: make(chan error, 1), lead: make(chan struct{})}
 	g.mu.Lock()
 	g.pending = append(g.pending, req)
@@ -62,7 +62,7 @@ func (g *groupCommit) run(ctx context.Context, db *sql.DB, fn func(*sql.Tx) erro
 	g.pending = append([]*groupReq(nil), g.pending[len(batch):]...)
 	g.mu.Unlock()
 
-	runBatch(db, batch)
+	runBatch(s, batch)
 	g.record()
 
 	g.mu.Lock()
@@ -77,7 +77,7 @@ func (g *groupCommit) run(ctx context.Context, db *sql.DB, fn func(*sql.Tx) erro
 
 // runBatch runs the batch's functions in one transaction and reports each
 // result. A lone function runs without a savepoint.
-func runBatch(db *sql.DB, batch []*groupReq) {
+func runBatch(s *Store, batch []*groupReq) {
 	results := make([]error, len(batch))
 	finish := func(commitErr error) {
 		for i, r := range batch {
@@ -87,7 +87,7 @@ func runBatch(db *sql.DB, batch []*groupReq) {
 			r.done <- results[i]
 		}
 	}
-	tx, err := db.BeginTx(context.Background(), nil)
+	tx, err := s.db.BeginTx(context.Background(), nil)
 	if err != nil {
 		for i := range results {
 			results[i] = fmt.Errorf("store: begin: %w", err)
@@ -105,7 +105,7 @@ func runBatch(db *sql.DB, batch []*groupReq) {
 			break
 		}
 		var fatal error
-		results[i], fatal = inSavepoint(r.ctx, tx, r.fn)
+		results[i], fatal = inSavepoint(s.q(tx), tx, r.fn)
 		if fatal != nil {
 			// The transaction is in an unknown state: undo all of it.
 			tx.Rollback()
@@ -136,18 +136,18 @@ func (g *groupCommit) record() { g.commits.Add(1) }
 // savepoint itself, after which the transaction cannot be trusted. The
 // savepoint statements run without the caller's context: a caller that
 // gives up must not leave its half-done work in the batch.
-func inSavepoint(ctx context.Context, tx *sql.Tx, fn func(*sql.Tx) error) (ferr, fatal error) {
+func inSavepoint(q cached, tx *sql.Tx, fn func(*sql.Tx) error) (ferr, fatal error) {
 	bg := context.Background()
-	if _, err := tx.ExecContext(bg, "SAVEPOINT grp"); err != nil {
+	if _, err := q.ExecContext(bg, "SAVEPOINT grp"); err != nil {
 		return nil, fmt.Errorf("store: savepoint: %w", err)
 	}
 	ferr = protect(fn, tx)
 	if ferr != nil {
-		if _, err := tx.ExecContext(bg, "ROLLBACK TO SAVEPOINT grp"); err != nil {
+		if _, err := q.ExecContext(bg, "ROLLBACK TO SAVEPOINT grp"); err != nil {
 			return ferr, fmt.Errorf("store: rollback to savepoint: %w (after %v)", err, ferr)
 		}
 	}
-	if _, err := tx.ExecContext(bg, "RELEASE SAVEPOINT grp"); err != nil {
+	if _, err := q.ExecContext(bg, "RELEASE SAVEPOINT grp"); err != nil {
 		return ferr, fmt.Errorf("store: release savepoint: %w", err)
 	}
 	return ferr, nil

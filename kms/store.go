@@ -213,7 +213,7 @@ func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 // PostgreSQL a serialization failure is retried a few times.
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	if s.dialect.name == "sqlite" {
-		return s.group.run(ctx, s.db, fn)
+		return s.group.run(ctx, s, fn)
 	}
 	for attempt := 0; ; attempt++ {
 		tx, err := s.db.BeginTx(ctx, nil)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kmsmail/kms/clock"
+	"github.com/kmsmail/kms/internal/signrate"
 	"github.com/kmsmail/kms/kms/ca"
 	"github.com/kmsmail/kms/policy"
 )
@@ -38,28 +39,13 @@ func rsaIssuingCA(b *testing.B) *ca.Authority {
 	return benchCA
 }
 
-// rawSignRate measures what the issuing key alone can do: SHA-256 digests
-// signed by the crypto.Signer, on every core, for about d.
+// rawSignRate measures what the issuing key alone can do, on every core.
 func rawSignRate(signer crypto.Signer, d time.Duration) float64 {
-	digest := sha256.Sum256([]byte("kms benchmark"))
-	var n atomic.Int64
-	deadline := time.Now().Add(d)
-	start := time.Now()
-	var wg sync.WaitGroup
-	for w := 0; w < parallelism(); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for time.Now().Before(deadline) {
-				if _, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
-					panic(err)
-				}
-				n.Add(1)
-			}
-		}()
+	rate, err := signrate.Measure(context.Background(), []crypto.Signer{signer}, parallelism(), d)
+	if err != nil {
+		panic(err)
 	}
-	wg.Wait()
-	return float64(n.Load()) / time.Since(start).Seconds()
+	return rate
 }
 
 // BenchmarkRawSign is the bound: the issuing CA key's signing rate.

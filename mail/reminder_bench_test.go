@@ -1,45 +1,29 @@
 package mail
 
 import (
+	"context"
 	"crypto"
-	"crypto/rand"
-	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/kmsmail/kms/internal/signrate"
 	"github.com/kmsmail/kms/kms"
 	"github.com/kmsmail/kms/kms/ca"
 	"github.com/kmsmail/kms/policy"
 )
 
-// kmsKeySignRate measures what the KMS key alone can do: SHA-256 digests
-// signed on every core for d. It is the bound for mail that kms signs.
+// kmsKeySignRate measures what the KMS key alone can do, on every core:
+// the bound for mail that kms signs.
 func kmsKeySignRate(key crypto.Signer, d time.Duration) float64 {
-	digest := sha256.Sum256([]byte("kms benchmark"))
-	var n atomic.Int64
-	start := time.Now()
-	deadline := start.Add(d)
-	var wg sync.WaitGroup
-	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for time.Now().Before(deadline) {
-				if _, err := key.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
-					panic(err)
-				}
-				n.Add(1)
-			}
-		}()
+	rate, err := signrate.Measure(context.Background(), []crypto.Signer{key}, runtime.GOMAXPROCS(0), d)
+	if err != nil {
+		panic(err)
 	}
-	wg.Wait()
-	return float64(n.Load()) / time.Since(start).Seconds()
+	return rate
 }
 
 // BenchmarkReminderDelivery delivers b.N queued reminders through the real

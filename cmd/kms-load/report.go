@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,10 +13,9 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/kmsmail/kms/internal/signrate"
 	"github.com/kmsmail/kms/kms/ca"
 )
 
@@ -59,34 +57,8 @@ func describe(k crypto.Signer) string {
 	return fmt.Sprintf("%T", k.Public())
 }
 
-// signRate measures how many SHA-256 digests keys sign per second, in
-// workers goroutines for about d, taking the keys in turn.
 func signRate(ctx context.Context, keys []crypto.Signer, workers int, d time.Duration) (float64, error) {
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	digest := sha256.Sum256([]byte("kms-load"))
-	var (
-		n    atomic.Int64
-		wg   sync.WaitGroup
-		fail atomic.Pointer[error]
-	)
-	start := time.Now()
-	for w := range workers {
-		wg.Go(func() {
-			for i := w; ctx.Err() == nil; i++ {
-				if _, err := keys[i%len(keys)].Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
-					fail.Store(&err)
-					return
-				}
-				n.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	if err := fail.Load(); err != nil {
-		return 0, fmt.Errorf("signing: %w", *err)
-	}
-	return float64(n.Load()) / time.Since(start).Seconds(), nil
+	return signrate.Measure(ctx, keys, workers, d)
 }
 
 // report is the result of a run, as printed.

@@ -79,6 +79,7 @@ type Processor struct {
 	opt     ProcessorOptions
 	wake    chan struct{}
 	handled *prometheus.CounterVec
+	chains  *smime.ChainCache // signers whose chain verified, across requests
 }
 
 // lease is how long a claimed message is ours before another worker may
@@ -99,7 +100,7 @@ func NewProcessor(opt ProcessorOptions) *Processor {
 	if opt.Log == nil {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
-	p := &Processor{opt: opt, wake: make(chan struct{}, 1),
+	p := &Processor{opt: opt, wake: make(chan struct{}, 1), chains: smime.NewChainCache(10000),
 		handled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kms_mail_requests_total",
 			Help: "Received messages by outcome: issued, rejected (answered), dropped (not answered), failed."},
 			[]string{"outcome", "reason"})}

@@ -18,7 +18,7 @@ import (
 // mail client signed with some other certificate.
 func (p *Processor) signed(ctx context.Context, r request, log *slog.Logger) error {
 	svc := p.opt.Service
-	v, err := r.msg.Verify(smime.VerifyOptions{Roots: p.opt.Roots, Intermediates: p.opt.Intermediates, At: r.in.ReceivedAt})
+	v, err := r.msg.Verify(smime.VerifyOptions{Roots: p.opt.Roots, Intermediates: p.opt.Intermediates, At: r.in.ReceivedAt, Cache: p.chains})
 	if err != nil {
 		var expired *smime.SignerExpiredError
 		if errors.As(err, &expired) {

@@ -30,6 +30,9 @@ type VerifyOptions struct {
 	// the message was received. Required. The signingTime attribute inside
 	// the signature is chosen by the signer and is never used for this.
 	At time.Time
+	// Cache, if set, remembers signers whose chain verified (see
+	// ChainCache). Optional.
+	Cache *ChainCache
 }
 
 // Signature is the result of a successful verification.
@@ -315,6 +318,18 @@ func verifyChain(signer *x509.Certificate, carried []*x509.Certificate, opts Ver
 	if signer.KeyUsage != 0 && signer.KeyUsage&(x509.KeyUsageDigitalSignature|x509.KeyUsageContentCommitment) == 0 {
 		return nil, fmt.Errorf("%w: signer certificate key usage does not allow digital signatures", ErrUntrustedSigner)
 	}
+	if chain := opts.Cache.lookup(signer, opts.Roots, opts.At); chain != nil {
+		return chain, nil
+	}
+	chain, err := buildChain(signer, carried, opts)
+	if err == nil {
+		opts.Cache.store(signer, opts.Roots, chain)
+	}
+	return chain, err
+}
+
+// buildChain verifies signer's chain to opts.Roots at opts.At.
+func buildChain(signer *x509.Certificate, carried []*x509.Certificate, opts VerifyOptions) ([]*x509.Certificate, error) {
 	inter := x509.NewCertPool()
 	if opts.Intermediates != nil {
 		inter = opts.Intermediates.Clone()

@@ -5,12 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Maildir delivers into a Maildir (the format of qmail, read as it is by
@@ -31,6 +31,16 @@ type Maildir struct {
 	// mu makes the final check-and-rename atomic between this process's
 	// workers; two daemons sharing one Maildir are not supported.
 	mu sync.Mutex
+	// cur caches the base names in cur/, so that a delivery does not list
+	// a directory a mail reader fills with thousands of read messages.
+	cur curIndex
+}
+
+// curIndex is the set of base names in cur/ as of the directory's mtime.
+type curIndex struct {
+	mu    sync.Mutex
+	mtime time.Time
+	bases map[string]bool
 }
 
 // NewMaildir opens the Maildir at dir, creating dir and its tmp/, new/ and
@@ -126,25 +136,51 @@ func (m *Maildir) delivered(base string) (bool, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return false, fmt.Errorf("maildir: %w", err)
 	}
-	d, err := os.Open(filepath.Join(m.dir, "cur"))
+	return m.inCur(base)
+}
+
+// inCur reports whether cur/ holds base, with the flags readers append
+// (":2,S") or not. The listing is kept while cur/'s mtime stays the same
+// and is older than a second: adding an entry changes the mtime, and the
+// second covers file systems whose mtime ticks coarsely.
+func (m *Maildir) inCur(base string) (bool, error) {
+	dir := filepath.Join(m.dir, "cur")
+	fi, err := os.Stat(dir)
 	if err != nil {
 		return false, fmt.Errorf("maildir: %w", err)
 	}
-	defer d.Close()
-	for {
-		names, err := d.Readdirnames(1024)
-		for _, n := range names {
-			if rest, ok := strings.CutPrefix(n, base); ok && (rest == "" || rest[0] == ':' || rest[0] == ',') {
-				return true, nil
-			}
-		}
-		if errors.Is(err, io.EOF) {
-			return false, nil
-		}
+	c := &m.cur
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.bases == nil || !fi.ModTime().Equal(c.mtime) || time.Since(fi.ModTime()) < time.Second {
+		names, err := readDirNames(dir)
 		if err != nil {
-			return false, fmt.Errorf("maildir: list cur/: %w", err)
+			return false, err
 		}
+		c.bases = make(map[string]bool, len(names))
+		for _, n := range names {
+			if i := strings.IndexAny(n, ":,"); i >= 0 {
+				n = n[:i]
+			}
+			c.bases[n] = true
+		}
+		c.mtime = fi.ModTime()
 	}
+	return c.bases[base], nil
+}
+
+// readDirNames lists a directory's entry names.
+func readDirNames(dir string) ([]string, error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("maildir: %w", err)
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil, fmt.Errorf("maildir: list %s: %w", dir, err)
+	}
+	return names, nil
 }
 
 // writeTmp writes the message into a new file in tmp/ (mode 0600) and

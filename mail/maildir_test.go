@@ -3,6 +3,7 @@ package mail
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net/mail"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // files lists a Maildir subdirectory.
@@ -144,5 +146,33 @@ func TestNewMaildirReportsUnusablePath(t *testing.T) {
 	}
 	if _, err := NewMaildir(""); err == nil {
 		t.Fatal("NewMaildir(\"\") succeeded")
+	}
+}
+
+// TestMaildirCurIndex: the cached listing of cur/ answers for messages a
+// reader moved there (with flags), and a later move into cur/ is seen.
+func TestMaildirCurIndex(t *testing.T) {
+	md, err := NewMaildir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := filepath.Join(md.Dir(), "cur")
+	for i := 0; i < 1000; i++ {
+		os.WriteFile(filepath.Join(cur, fmt.Sprintf("read%d.host:2,S", i)), nil, 0o600)
+	}
+	old := time.Now().Add(-time.Hour)
+	os.Chtimes(cur, old, old)
+	for _, c := range []struct {
+		base string
+		want bool
+	}{{"read7.host", true}, {"read999.host", true}, {"unread.host", false}, {"read7", false}} {
+		if got, err := md.inCur(c.base); err != nil || got != c.want {
+			t.Fatalf("inCur(%q) = %v, %v; want %v", c.base, got, err, c.want)
+		}
+	}
+	// A reader moves a new message in: the directory's mtime changes.
+	os.WriteFile(filepath.Join(cur, "late.host:2,S"), nil, 0o600)
+	if got, _ := md.inCur("late.host"); !got {
+		t.Fatal("a message moved into cur/ after the listing was not seen")
 	}
 }

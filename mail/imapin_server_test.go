@@ -34,6 +34,7 @@ var (
 // test can drop every connection and bring the server back on the same
 // address, as a crash of the network or the server would.
 type imapTestServer struct {
+	served   chan struct{} // closed when Serve has returned
 	t        testing.TB
 	user     *imapmemserver.User
 	mem      *imapmemserver.Server
@@ -91,13 +92,20 @@ func (s *imapTestServer) start() {
 	}
 	s.addr, s.ln = ln.Addr().String(), ln
 	s.srv = imapserver.New(opt)
-	go s.srv.Serve(ln)
+	s.served = make(chan struct{})
+	go func() {
+		s.srv.Serve(ln)
+		close(s.served)
+	}()
 }
 
 // stop closes the listener and every connection at once. The listener is
 // closed here too: Server.Close misses one that Serve has not yet taken up.
 func (s *imapTestServer) stop() {
 	s.ln.Close()
+	// Serve must have returned before Close: imapserver's Close and a
+	// Serve still starting touch the same field (a data race under -race).
+	<-s.served
 	s.srv.Close()
 }
 

@@ -353,7 +353,13 @@ func TestIMAPRunIdleReconnectCancel(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- r.f.Run(ctx) }()
 
-	eventually(t, "the fetcher to IDLE", func() bool { return strings.Contains(srv.wire.String(), "IDLE") })
+	// imapmemserver's SessionTracker.Idle does not send updates queued
+	// before it registers (go-imap v2.0.0-beta.8, tracker.go), so a message
+	// appended between the server's "+ idling" and that registration would
+	// wait for the next update. Wait for the continuation, then give the
+	// server's Idle goroutine a moment to register.
+	eventually(t, "the fetcher to IDLE", func() bool { return strings.Contains(srv.wire.String(), "+ idling") })
+	time.Sleep(200 * time.Millisecond)
 	srv.appendMsg("INBOX", imapTestMsg(1, "From: alice@example.com\r\n"))
 	eventually(t, "the first message to be stored", func() bool { return len(r.rows(t)) == 1 })
 

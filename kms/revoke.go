@@ -164,6 +164,11 @@ func (s *Service) Import(ctx context.Context, der []byte, actor string) (*Certif
 		NotBefore: cert.NotBefore.UTC(), NotAfter: cert.NotAfter.UTC(), IssuedAt: now, KeySince: cert.NotBefore.UTC(),
 		Imported: true, DER: cert.Raw}, keyHash: h[:]}
 	err = s.store.tx(ctx, func(tx *sql.Tx) error {
+		// Importing what kms already tracks (again, after a revocation or a
+		// lapse) is refused as such, not as a conflict to retry.
+		if old, err := s.store.certBySerial(ctx, tx, row.Serial, false); err == nil {
+			return fmt.Errorf("import: certificate %s of %s is already tracked (%s): %w", row.Serial, old.Email, old.State, ErrCertState)
+		}
 		u, err := s.store.userByEmail(ctx, tx, email, true)
 		switch {
 		case errors.Is(err, ErrNotFound):

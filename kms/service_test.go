@@ -362,8 +362,15 @@ func TestImport(t *testing.T) {
 		if !c.Imported || c.State != CertCurrent {
 			t.Fatalf("imported = %+v", c)
 		}
-		if _, err := e.svc.Import(e.ctx, cert.Raw, "admin"); !errors.Is(err, ErrAlreadyActive) {
-			t.Fatalf("second import: %v", err)
+		if _, err := e.svc.Import(e.ctx, cert.Raw, "admin"); !errors.Is(err, ErrCertState) || errors.Is(err, ErrConflict) {
+			t.Fatalf("second import: %v, want ErrCertState (already tracked)", err)
+		}
+		// Revoked, and so the user lapsed: importing it again is still refused.
+		if _, err := e.svc.Revoke(e.ctx, c.Serial, 1, "admin"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.svc.Import(e.ctx, cert.Raw, "admin"); !errors.Is(err, ErrCertState) {
+			t.Fatalf("import of a revoked tracked certificate: %v, want ErrCertState", err)
 		}
 		other, _ := e.ca.Issue(caRequest("ivy@other.org", newKey(t).Public(), t0, t0.AddDate(1, 0, 0)))
 		if _, err := e.svc.Import(e.ctx, other.Raw, "admin"); !errors.Is(err, ErrDomain) {

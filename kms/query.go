@@ -124,7 +124,7 @@ func (s *Service) GetCert(ctx context.Context, serial string) (*Certificate, err
 	if err != nil {
 		return nil, err
 	}
-	c, err := s.store.certBySerial(ctx, s.store.db, serial, false)
+	c, err := s.store.certBySerial(ctx, s.store.q(nil), serial, false)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +134,7 @@ func (s *Service) GetCert(ctx context.Context, serial string) (*Certificate, err
 // CertForSigner finds the tracked certificate whose DER is der, the check a
 // renewal request's signer must pass ("a certificate this KMS tracks").
 func (s *Service) CertForSigner(ctx context.Context, der []byte) (*Certificate, error) {
-	c, err := s.store.certBySerial(ctx, s.store.db, serialOfDER(der), false)
+	c, err := s.store.certBySerial(ctx, s.store.q(nil), serialOfDER(der), false)
 	if err != nil {
 		return nil, err
 	}

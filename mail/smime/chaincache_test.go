@@ -1,6 +1,7 @@
 package smime
 
 import (
+	"crypto/x509"
 	"errors"
 	"testing"
 	"time"
@@ -43,4 +44,95 @@ func TestChainCache(t *testing.T) {
 	if _, err := VerifyDetached(sig, testBody, other); !errors.Is(err, ErrUntrustedSigner) {
 		t.Fatalf("foreign roots with a cached chain: %v", err)
 	}
+}
+
+// TestChainCacheIssuer: once one certificate of a CA has verified, another
+// certificate of the same CA (a renewal) is checked against that CA alone,
+// and still refused when it is not valid, not for S/MIME, or only claims
+// the CA's name.
+func TestChainCacheIssuer(t *testing.T) {
+	p := newTestPKI(t)
+	cache := NewChainCache(10)
+	opts := verifyOpts(p, testNow)
+	opts.Cache = cache
+	first := p.issue(t, "alice@example.com", "ec", userOpts{})
+	verifyWith(t, first, opts)
+	if len(cache.tails(first.cert, opts.Roots, testNow)) != 1 {
+		t.Fatal("the issuing CA's proven chain was not kept")
+	}
+
+	renewed := p.issue(t, "alice@example.com", "ec", userOpts{})
+	chain := cache.viaIssuer(renewed.cert, opts.Roots, testNow)
+	if len(chain) != 3 || chain[0] != renewed.cert || !chain[1].Equal(p.ca.cert) || !chain[2].Equal(p.root.cert) {
+		t.Fatalf("a renewed certificate of the same CA: chain %v, want leaf, issuing CA, root", chain)
+	}
+	if got := verifyWith(t, renewed, opts); len(got) != 3 {
+		t.Fatalf("verified chain has %d certificates", len(got))
+	}
+
+	// Another roots pool is not answered from the cache.
+	if cache.tails(renewed.cert, p.roots(), testNow) != nil {
+		t.Fatal("tails answered for a different roots pool")
+	}
+	// A CA that only has the same name is not the proven one.
+	impostorCA := p.makeCA(t, "kms test issuing CA", &p.evilRoot)
+	forged := p.issue(t, "alice@example.com", "ec", userOpts{issuer: &impostorCA})
+	if cache.viaIssuer(forged.cert, opts.Roots, testNow) != nil {
+		t.Fatal("a certificate from a CA of the same name verified against the cached CA")
+	}
+	if _, err := verifyErr(t, forged, opts); !errors.Is(err, ErrUntrustedSigner) {
+		t.Fatalf("forged issuer: %v", err)
+	}
+	// Expiry and the wrong usage are still seen, and classified as before.
+	old := p.issue(t, "alice@example.com", "ec", userOpts{notBefore: testNow.AddDate(-2, 0, 0), notAfter: testNow.AddDate(0, 0, -1)})
+	if cache.viaIssuer(old.cert, opts.Roots, testNow) != nil {
+		t.Fatal("an expired certificate verified through the cached issuer")
+	}
+	if _, err := verifyErr(t, old, opts); !errors.Is(err, ErrSignerExpired) {
+		t.Fatalf("expired certificate: %v", err)
+	}
+	server := p.issue(t, "alice@example.com", "ec", userOpts{eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if cache.viaIssuer(server.cert, opts.Roots, testNow) != nil {
+		t.Fatal("a certificate without emailProtection verified through the cached issuer")
+	}
+	if _, err := verifyErr(t, server, opts); !errors.Is(err, ErrUntrustedSigner) {
+		t.Fatalf("serverAuth-only certificate: %v", err)
+	}
+	// Past the CA's own validity the tail does not answer.
+	if cache.tails(renewed.cert, opts.Roots, p.ca.cert.NotAfter.Add(time.Hour)) != nil {
+		t.Fatal("tails answered after the issuing CA expired")
+	}
+}
+
+// TestChainCacheConstrainedTail: a chain with name constraints above the
+// leaf is never reused for other leaves.
+func TestChainCacheConstrainedTail(t *testing.T) {
+	ca := &x509.Certificate{IsCA: true, PermittedEmailAddresses: []string{"example.com"}}
+	if reusableTail([]*x509.Certificate{ca}) {
+		t.Fatal("a name-constrained CA was taken as reusable")
+	}
+	if reusableTail([]*x509.Certificate{{IsCA: true, InhibitAnyPolicyZero: true}}) {
+		t.Fatal("a policy-constrained CA was taken as reusable")
+	}
+	if !reusableTail([]*x509.Certificate{{IsCA: true}}) {
+		t.Fatal("a plain CA was not taken as reusable")
+	}
+}
+
+func verifyWith(t *testing.T, id identity, opts VerifyOptions) []*x509.Certificate {
+	t.Helper()
+	s, err := verifyErr(t, id, opts)
+	if err != nil {
+		t.Fatalf("verify %s: %v", id.cert.Subject, err)
+	}
+	return s.Chain
+}
+
+func verifyErr(t *testing.T, id identity, opts VerifyOptions) (*Signature, error) {
+	t.Helper()
+	sig, err := SignDetached(testBody, id.signer(), nil, testNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return VerifyDetached(sig, testBody, opts)
 }

@@ -321,6 +321,10 @@ func verifyChain(signer *x509.Certificate, carried []*x509.Certificate, opts Ver
 	if chain := opts.Cache.lookup(signer, opts.Roots, opts.At); chain != nil {
 		return chain, nil
 	}
+	if chain := opts.Cache.viaIssuer(signer, opts.Roots, opts.At); chain != nil {
+		opts.Cache.store(signer, opts.Roots, chain)
+		return chain, nil
+	}
 	chain, err := buildChain(signer, carried, opts)
 	if err == nil {
 		opts.Cache.store(signer, opts.Roots, chain)

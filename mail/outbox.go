@@ -43,7 +43,7 @@ type OutboxConfig struct {
 	PollInterval time.Duration // how often the queue is looked at without Notify; default 30s
 	BatchSize    int           // most rows claimed at once; default 16
 	Lease        time.Duration // how long a claimed row is ours; default 2 minutes
-	Workers      int           // concurrent deliveries; default 4
+	Workers      int           // concurrent deliveries; default four per CPU
 }
 
 // Outbox is the delivery worker. See Run.
@@ -106,7 +106,7 @@ func NewOutbox(cfg OutboxConfig) (*Outbox, error) {
 		o.batch = 16
 	}
 	if o.workers <= 0 {
-		o.workers = 4
+		o.workers = defaultWorkers()
 	}
 	o.limit = newLimiter(o.clock, cfg.Rate)
 	o.m = outboxMetrics{

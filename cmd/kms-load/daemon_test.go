@@ -28,7 +28,8 @@ import (
 // testDaemon is the daemon of cmd/kms assembled in-process from the same
 // parts, wired as cmd/kms/serve.go wires them (that package cannot be
 // imported): store, CA, service, admin API, SMTP listener, request
-// processor, and delivery into a Maildir, on the system clock.
+// processor, and delivery to a relay (kms-load's sink) or into a Maildir,
+// on the system clock.
 type testDaemon struct {
 	dataDir  string
 	smtpAddr string
@@ -37,9 +38,19 @@ type testDaemon struct {
 	ca       *ca.Authority
 }
 
-// startDaemon runs a daemon whose issuing CA and KMS key are of type kt
-// until the test ends.
-func startDaemon(t testing.TB, kt policy.KeyType) *testDaemon {
+// daemonOptions vary the test daemon.
+type daemonOptions struct {
+	KeyType policy.KeyType // of the issuing CA and the KMS key; "" is P-256
+	// Relay is where outbound mail goes over SMTP, in clear and
+	// unthrottled, as --spawn configures it; "" delivers into the Maildir.
+	Relay string
+	// Wrap, when set, wraps the transport: a test's way to alter the
+	// daemon's replies on their way out.
+	Wrap func(mail.Transport) mail.Transport
+}
+
+// startDaemon runs a daemon until the test ends.
+func startDaemon(t testing.TB, o daemonOptions) *testDaemon {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -55,6 +66,10 @@ func startDaemon(t testing.TB, kt policy.KeyType) *testDaemon {
 		t.Fatal(err)
 	}
 	d.httpAddr = httpLn.Addr().String()
+	kt := o.KeyType
+	if kt == "" {
+		kt = policy.P256
+	}
 	d.ca, err = ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), KeyType: kt, RootKeyType: policy.P256,
 		BaseURL: "http://" + d.httpAddr, KMSAddress: "kms@example.com"}, clk.Now(), log)
 	if err != nil {
@@ -76,11 +91,19 @@ func startDaemon(t testing.TB, kt policy.KeyType) *testDaemon {
 	proc := mail.NewProcessor(mail.ProcessorOptions{Service: d.svc, Queue: store, Identity: d.ca, Roots: roots,
 		Intermediates: inter, Limits: smime.Limits{MaxMessageBytes: 1 << 20}, Clock: clk, Log: log, Registerer: reg,
 		Workers: workers})
-	md, err := mail.NewMaildir(filepath.Join(dir, "mail"))
+	var transport mail.Transport
+	if o.Relay != "" {
+		transport, err = mail.NewRelay(mail.RelayConfig{Addr: o.Relay, Hostname: "kms.example.com", AllowPlaintext: true})
+	} else {
+		transport, err = mail.NewMaildir(filepath.Join(dir, "mail"))
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	outbox, err = mail.NewOutbox(mail.OutboxConfig{Store: outboxQueue{Store: store, svc: d.svc}, Transport: md, Clock: clk,
+	if o.Wrap != nil {
+		transport = o.Wrap(transport)
+	}
+	outbox, err = mail.NewOutbox(mail.OutboxConfig{Store: outboxQueue{Store: store, svc: d.svc}, Transport: transport, Clock: clk,
 		Log: log, Registerer: reg, From: "kms@example.com", Admin: "postmaster@example.com", PollInterval: time.Second, Workers: outWorkers,
 		Renderer: &mail.SignedRenderer{Identity: d.ca, Chain: d.ca.Chain(), Certs: d.svc, KMSAddress: "kms@example.com", Clock: clk}})
 	if err != nil {

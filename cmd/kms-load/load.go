@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -13,11 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	netmail "net/mail"
 	"net/smtp"
-	"os"
-	"path/filepath"
-	"strings"
+	"runtime"
 	"sync"
 	"time"
 
@@ -29,11 +25,14 @@ import (
 
 // target is a running daemon as the generator reaches it.
 type target struct {
-	SMTPAddr   string        // the SMTP listener, host:port on loopback
-	Admin      *admin.Client // enrolls the users
-	Maildir    string        // the daemon's Maildir; its new/ is polled for replies
-	KMSAddress string        // kms@DOMAIN
-	Domain     string        // the users' mail domain, one the daemon serves
+	SMTPAddr string        // the SMTP listener, host:port on loopback
+	Admin    *admin.Client // enrolls the users
+	// Sink receives the daemon's mail over SMTP (its relay transport).
+	// When nil, Maildir's new/ is polled instead.
+	Sink       *sink
+	Maildir    string // the daemon's Maildir, without a Sink
+	KMSAddress string // kms@DOMAIN: requests go there, replies are signed as it
+	Domain     string // the users' mail domain, one the daemon serves
 	// Roots are the KMS CA certificates (GET /ca.pem): replies are
 	// verified against them before they count.
 	Roots *x509.CertPool
@@ -48,34 +47,53 @@ type options struct {
 	Timeout     time.Duration // the whole run, enrollment included
 	Poll        time.Duration // how often the Maildir is looked at
 	Log         io.Writer     // progress lines; nil discards
+	// DaemonPID is the daemon's process, whose CPU time during the timed
+	// window is reported; 0 when it is not known.
+	DaemonPID int
+	// CPUProfile, when set, receives this process's CPU profile of the
+	// timed window.
+	CPUProfile io.Writer
 }
 
 // outcome is what a run measured.
 type outcome struct {
-	Renewals  int             // certificate replies received for renewals
-	Elapsed   time.Duration   // first renewal sent to last reply seen
-	Latencies []time.Duration // per renewal: the SMTP 250 to the reply in new/
+	Renewals  int             // renewal replies received and verified
+	Elapsed   time.Duration   // the timed window: the first renewal sent to the last reply in
+	Latencies []time.Duration // per renewal: the SMTP 250 to the reply's arrival
 	Enrolled  int
+	// CPU is the CPU time used during the timed window.
+	CPU cpuWindow
 }
+
+// cpuWindow is the CPU time at the start and the end of the timed window.
+type cpuWindow struct{ Start, End cpuSample }
 
 // user is one simulated mail user: a key and the newest certificate.
 type user struct {
 	email string
 	key   crypto.Signer
 	csr   []byte            // the enrollment request, with the code
-	cert  *x509.Certificate // the newest certificate, once enrolled
+	cert  *x509.Certificate // the certificate the next renewal is signed with
 	left  int               // messages still to send in this phase
+	next  *request          // the next message, prepared before the clock; nil: made when sent
 }
 
 // request is a message sent and waiting for its reply. It completes when
 // both the 250 and the reply have been seen, in either order: a fast
 // daemon can deliver the reply before the sender has read its 250.
 type request struct {
+	id      string // the Message-ID, without angle brackets
 	u       *user
 	renewal bool
-	sent    time.Time // the 250
-	arrived time.Time // the reply file seen in new/
-	cert    *x509.Certificate
+	signer  *x509.Certificate // the certificate that signed a renewal; nil for an enrollment
+	msg     []byte            // the message; nil until made
+	sent    time.Time         // the 250
+	arrived time.Time         // the reply's arrival
+	claimed bool              // a reply is being matched to it
+	reply   *reply            // the reply, verified only after the phase
+	// cert is the new certificate, taken from the reply during the phase
+	// (without verification) when the user signs another request with it.
+	cert *x509.Certificate
 }
 
 // generator runs one load test against a target.
@@ -83,23 +101,28 @@ type generator struct {
 	t     target
 	o     options
 	runID string
-	ready chan *user // users whose next message can go out
-	done  chan struct{}
+	ours  map[string]bool // the users' addresses
 
 	mu        sync.Mutex
 	seq       int
+	ready     chan *user // users whose next message can go out
+	done      chan struct{}
+	abort     chan struct{} // closed on the first failure found while matching
+	failure   error
 	pending   map[string]*request // by Message-ID, without angle brackets
-	ours      map[string]bool     // the users' addresses
+	reqs      []*request          // the current phase's requests
 	want      int                 // replies the current phase waits for
 	got       int
 	latencies []time.Duration
-	first     time.Time // the first renewal's 250
-	last      time.Time // the last renewal completed
+	last      time.Time // the last renewal reply's arrival
 }
 
-// runLoad enrolls o.Users users by mail, then has them send o.Renewals
-// signed renewal requests over o.Concurrency SMTP connections, and measures
-// each from its 250 to its certificate reply in the Maildir.
+// runLoad enrolls o.Users users by mail, prepares each one's first renewal
+// request, then, timed, has them send o.Renewals renewals over
+// o.Concurrency SMTP connections and measures each from its 250 to its
+// certificate reply. Replies are only matched to their requests during
+// the timed window; every reply is verified after it, and any that fails
+// fails the run.
 func runLoad(ctx context.Context, t target, o options) (*outcome, error) {
 	if o.Users <= 0 || o.Renewals < 0 || o.Concurrency <= 0 {
 		return nil, fmt.Errorf("--users %d, --renewals %d, --concurrency %d: users and concurrency must be positive", o.Users, o.Renewals, o.Concurrency)
@@ -114,58 +137,94 @@ func runLoad(ctx context.Context, t target, o options) (*outcome, error) {
 	defer cancel()
 	var id [4]byte
 	rand.Read(id[:])
-	g := &generator{t: t, o: o, runID: hex.EncodeToString(id[:]), pending: map[string]*request{}, ours: map[string]bool{}}
+	g := &generator{t: t, o: o, runID: hex.EncodeToString(id[:]), pending: map[string]*request{}, ours: map[string]bool{},
+		abort: make(chan struct{})}
+	if t.Sink != nil {
+		t.Sink.setHandler(g.fromSink)
+		defer t.Sink.setHandler(nil)
+	}
 
 	users, err := g.makeUsers(ctx)
 	if err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(o.Log, "enrolling %d users by mail\n", len(users))
-	if err := g.phase(ctx, users, false); err != nil {
+	for _, u := range users {
+		u.left = 1
+	}
+	if err := g.prepare(ctx, users, false); err != nil {
+		return nil, err
+	}
+	if err := g.phase(ctx, users, false, nil); err != nil {
 		return nil, fmt.Errorf("enrollment: %w", err)
 	}
+	if err := g.verifyPhase(); err != nil {
+		return nil, fmt.Errorf("enrollment: %w", err)
+	}
+
 	out := &outcome{Enrolled: len(users)}
-	for i := range users {
-		users[i].left = o.Renewals / len(users)
+	for i, u := range users {
+		u.left = o.Renewals / len(users)
 		if i < o.Renewals%len(users) {
-			users[i].left++
+			u.left++
 		}
 	}
-	fmt.Fprintf(o.Log, "sending %d renewals over %d connections\n", o.Renewals, o.Concurrency)
-	err = g.phase(ctx, users, true)
+	fmt.Fprintf(o.Log, "preparing the first renewal request of each user\n")
+	if err := g.prepare(ctx, users, true); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(o.Log, "sending %d renewals over %d connections (timed)\n", o.Renewals, o.Concurrency)
+	w := &window{pid: o.DaemonPID, profile: o.CPUProfile}
+	if err := g.phase(ctx, users, true, w); err != nil {
+		return nil, fmt.Errorf("renewals: %w", err)
+	}
+	out.CPU = cpuWindow{Start: w.start, End: w.end}
 	g.mu.Lock()
-	out.Renewals, out.Latencies = len(g.latencies), g.latencies
-	if !g.first.IsZero() {
-		out.Elapsed = g.last.Sub(g.first)
-	}
+	out.Latencies = g.latencies
+	out.Elapsed = g.last.Sub(w.start.at)
+	n := len(g.reqs)
 	g.mu.Unlock()
-	if err != nil {
-		return out, fmt.Errorf("renewals: %w", err)
+	fmt.Fprintf(o.Log, "verifying %d replies (after the timed window)\n", n)
+	if err := g.verifyPhase(); err != nil {
+		return nil, fmt.Errorf("renewals: %w", err)
 	}
+	out.Renewals = n
 	return out, nil
 }
 
 // makeUsers enrolls the users through the admin API and makes their keys.
+// The sink accepts mail for them before the daemon sends the invitations.
 func (g *generator) makeUsers(ctx context.Context) ([]*user, error) {
 	users := make([]*user, g.o.Users)
+	emails := make([]string, len(users))
 	for i := range users {
-		email := fmt.Sprintf("load-%s-%d@%s", g.runID, i, g.t.Domain)
-		en, err := g.t.Admin.Enroll(ctx, email, "kms-load")
-		if err != nil {
-			return nil, fmt.Errorf("enroll %s through the admin API: %w", email, err)
-		}
-		key, err := newKey(g.o.UserKey)
-		if err != nil {
-			return nil, err
-		}
-		csr, err := smime.CreateCSR(key, email, en.Code)
-		if err != nil {
-			return nil, err
-		}
-		users[i] = &user{email: email, key: key, csr: csr}
-		g.ours[email] = true
+		emails[i] = fmt.Sprintf("load-%s-%d@%s", g.runID, i, g.t.Domain)
+		g.ours[emails[i]] = true
 	}
-	return users, nil
+	if g.t.Sink != nil {
+		g.t.Sink.allow(emails...)
+	}
+	eg, ctx := errgroup.WithContext(ctx)
+	eg.SetLimit(g.o.Concurrency)
+	for i, email := range emails {
+		eg.Go(func() error {
+			en, err := g.t.Admin.Enroll(ctx, email, "kms-load")
+			if err != nil {
+				return fmt.Errorf("enroll %s through the admin API: %w", email, err)
+			}
+			key, err := newKey(g.o.UserKey)
+			if err != nil {
+				return err
+			}
+			csr, err := smime.CreateCSR(key, email, en.Code)
+			if err != nil {
+				return err
+			}
+			users[i] = &user{email: email, key: key, csr: csr}
+			return nil
+		})
+	}
+	return users, eg.Wait()
 }
 
 func newKey(kind string) (crypto.Signer, error) {
@@ -178,39 +237,119 @@ func newKey(kind string) (crypto.Signer, error) {
 	return nil, fmt.Errorf("--user-key %q: use p256 or rsa2048", kind)
 }
 
-// nextID returns a fresh Message-ID (without angle brackets); g.mu is held.
-func (g *generator) nextID() string {
+// newRequest makes the request for u's next message; g.mu is held.
+func (g *generator) newRequest(u *user, renewal bool) *request {
 	g.seq++
-	return fmt.Sprintf("kms-load-%s-%d@load.invalid", g.runID, g.seq)
+	r := &request{id: fmt.Sprintf("kms-load-%s-%d@load.invalid", g.runID, g.seq), u: u, renewal: renewal}
+	if renewal {
+		r.signer = u.cert
+	}
+	return r
+}
+
+// build makes r's message: a renewal signed with r.signer, or an
+// enrollment with the user's CSR.
+func (g *generator) build(r *request, now time.Time) error {
+	if !r.renewal {
+		r.msg = enrollmentMessage(r.u.email, g.t.KMSAddress, r.id, r.u.csr, now)
+		return nil
+	}
+	var err error
+	r.msg, err = renewalMessage(r.u.email, g.t.KMSAddress, r.id, r.u.key, r.signer, now)
+	return err
+}
+
+// prepare makes every user's first message of the coming phase, so that
+// the phase only sends bytes; later renewals of a user need the
+// certificate of the reply before, and are signed when they go out.
+func (g *generator) prepare(ctx context.Context, users []*user, renewal bool) error {
+	var todo []*request
+	g.mu.Lock()
+	for _, u := range users {
+		if u.left > 0 {
+			u.next = g.newRequest(u, renewal)
+			todo = append(todo, u.next)
+		}
+	}
+	g.mu.Unlock()
+	now := time.Now()
+	eg, ctx := errgroup.WithContext(ctx)
+	eg.SetLimit(runtime.NumCPU())
+	for _, r := range todo {
+		eg.Go(func() error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return g.build(r, now)
+		})
+	}
+	return eg.Wait()
 }
 
 // phase sends every user's messages (one enrollment each, or their
-// renewals one after the other) and waits for all the replies.
-func (g *generator) phase(ctx context.Context, users []*user, renewal bool) error {
+// renewals one after the other) and waits until every reply is matched to
+// its request. With a window w, the phase is timed: the clock starts once
+// the connections are open and stops at the last reply.
+func (g *generator) phase(ctx context.Context, users []*user, renewal bool, w *window) error {
 	total := 0
 	for _, u := range users {
-		if !renewal {
-			u.left = 1
-		}
 		total += u.left
 	}
 	g.mu.Lock()
-	g.want, g.got = total, 0
+	g.want, g.got, g.reqs = total, 0, nil
+	g.ready = make(chan *user, len(users))
+	g.done = make(chan struct{})
+	ready, done := g.ready, g.done
 	g.mu.Unlock()
 	if total == 0 {
 		return nil
 	}
-	g.ready = make(chan *user, len(users))
-	g.done = make(chan struct{})
-	for _, u := range users {
-		if u.left > 0 {
-			g.ready <- u
+	conns := make([]*smtp.Client, 0, g.o.Concurrency)
+	defer func() {
+		for _, c := range conns {
+			c.Quit()
+		}
+	}()
+	for range g.o.Concurrency {
+		c, err := smtp.Dial(g.t.SMTPAddr)
+		if err != nil {
+			return fmt.Errorf("SMTP connect %s: %w", g.t.SMTPAddr, err)
+		}
+		conns = append(conns, c)
+		if err := c.Hello("kms-load.localhost"); err != nil {
+			return fmt.Errorf("SMTP EHLO: %w", err)
 		}
 	}
+	for _, u := range users {
+		if u.left > 0 {
+			ready <- u
+		}
+	}
+	if w != nil {
+		if err := w.begin(); err != nil {
+			return err
+		}
+		defer w.finish()
+	}
 	eg, ctx := errgroup.WithContext(ctx)
-	eg.Go(func() error { return g.watch(ctx, renewal) })
-	for range g.o.Concurrency {
-		eg.Go(func() error { return g.send(ctx, renewal) })
+	eg.Go(func() error {
+		select {
+		case <-done:
+			if w != nil {
+				w.finish()
+			}
+			return errPhaseDone
+		case <-g.abort:
+			return g.failed()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	if g.t.Sink == nil {
+		eg.Go(func() error { return g.watch(ctx, done) })
+	}
+	for _, c := range conns {
+		eg.Go(func() error { return g.send(ctx, c, ready, renewal) })
 	}
 	err := eg.Wait()
 	if errors.Is(err, errPhaseDone) {
@@ -227,51 +366,60 @@ func (g *generator) phase(ctx context.Context, users []*user, renewal bool) erro
 // errPhaseDone ends a phase's goroutines once every reply is in.
 var errPhaseDone = errors.New("phase complete")
 
+// fail records the first failure found while matching replies and ends
+// the phase.
+func (g *generator) fail(err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.failure == nil {
+		g.failure = err
+		close(g.abort)
+	}
+}
+
+func (g *generator) failed() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.failure
+}
+
 // send is one SMTP connection: it takes ready users and sends each one's
 // next message, several transactions a connection.
-func (g *generator) send(ctx context.Context, renewal bool) error {
-	c, err := smtp.Dial(g.t.SMTPAddr)
-	if err != nil {
-		return fmt.Errorf("SMTP connect %s: %w", g.t.SMTPAddr, err)
-	}
-	defer c.Close()
-	if err := c.Hello("kms-load.localhost"); err != nil {
-		return fmt.Errorf("SMTP EHLO: %w", err)
-	}
+func (g *generator) send(ctx context.Context, c *smtp.Client, ready <-chan *user, renewal bool) error {
+	// net/smtp has no context: closing the connection ends a transaction
+	// that a stuck daemon never answers.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
 	for {
 		var u *user
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-g.done:
-			c.Quit()
-			return errPhaseDone
-		case u = <-g.ready:
+		case u = <-ready:
 		}
 		g.mu.Lock()
-		id := g.nextID()
-		r := &request{u: u, renewal: renewal}
-		g.pending[id] = r
+		r := u.next
+		u.next = nil
+		if r == nil {
+			r = g.newRequest(u, renewal)
+		}
+		g.pending[r.id] = r
+		g.reqs = append(g.reqs, r)
 		g.mu.Unlock()
-		now := time.Now()
-		var msg []byte
-		if renewal {
-			msg, err = renewalMessage(u.email, g.t.KMSAddress, id, u.key, u.cert, now)
-		} else {
-			msg = enrollmentMessage(u.email, g.t.KMSAddress, id, u.csr, now)
+		if r.msg == nil {
+			if err := g.build(r, time.Now()); err != nil {
+				return err
+			}
 		}
-		if err != nil {
-			return err
-		}
-		if err := transaction(c, u.email, g.t.KMSAddress, msg); err != nil {
+		if err := transaction(c, u.email, g.t.KMSAddress, r.msg); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			return fmt.Errorf("SMTP, message from %s: %w", u.email, err)
 		}
 		g.mu.Lock()
 		r.sent = time.Now()
-		if renewal && g.first.IsZero() {
-			g.first = r.sent
-		}
-		g.complete(id, r)
+		g.complete(r)
 		g.mu.Unlock()
 	}
 }
@@ -297,114 +445,28 @@ func transaction(c *smtp.Client, from, to string, msg []byte) error {
 // complete finishes r once both its 250 and its reply are in: it records
 // the latency, gives the user the new certificate and puts them back in
 // line. g.mu is held.
-func (g *generator) complete(id string, r *request) {
-	if r.sent.IsZero() || r.arrived.IsZero() {
+func (g *generator) complete(r *request) {
+	if r.sent.IsZero() || r.reply == nil {
 		return
 	}
-	delete(g.pending, id)
-	r.u.cert = r.cert
-	r.u.left--
+	delete(g.pending, r.id)
+	u := r.u
+	if r.cert != nil {
+		u.cert = r.cert
+	}
+	u.left--
 	if r.renewal {
-		lat := max(r.arrived.Sub(r.sent), 0)
-		g.latencies = append(g.latencies, lat)
-		g.last = r.arrived
+		g.latencies = append(g.latencies, max(r.arrived.Sub(r.sent), 0))
+		if r.arrived.After(g.last) {
+			g.last = r.arrived
+		}
 	}
 	g.got++
 	if g.got == g.want {
 		close(g.done)
 		return
 	}
-	if r.u.left > 0 {
-		g.ready <- r.u // never blocks: one slot per user
+	if u.left > 0 {
+		g.ready <- u // never blocks: one slot per user
 	}
-}
-
-// watch polls the Maildir's new/ for replies to pending requests, checks
-// each (KMS signature, a certificate for the user), removes it as a mail
-// reader would, and completes the request.
-func (g *generator) watch(ctx context.Context, renewal bool) error {
-	dir := filepath.Join(g.t.Maildir, "new")
-	t := time.NewTicker(g.o.Poll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-g.done:
-			return errPhaseDone
-		case <-t.C:
-		}
-		entries, err := os.ReadDir(dir)
-		if err != nil {
-			return fmt.Errorf("read Maildir %s: %w", dir, err)
-		}
-		for _, e := range entries {
-			if err := g.consider(filepath.Join(dir, e.Name())); err != nil {
-				return err
-			}
-		}
-	}
-}
-
-// consider handles one file of new/: a reply to a pending request, other
-// mail to the run's users (invitations), or someone else's mail (left).
-func (g *generator) consider(path string) error {
-	seen := time.Now()
-	raw, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	m, err := netmail.ReadMessage(bytes.NewReader(raw))
-	if err != nil {
-		return nil // not ours to judge
-	}
-	to, _ := netmail.ParseAddress(m.Header.Get("To"))
-	if to == nil || !g.ours[to.Address] {
-		return nil
-	}
-	id := strings.Trim(m.Header.Get("In-Reply-To"), "<> ")
-	g.mu.Lock()
-	r := g.pending[id]
-	g.mu.Unlock()
-	if r == nil {
-		return os.Remove(path) // an invitation, or a reply of an earlier phase
-	}
-	cert, err := g.certificate(raw, r.u)
-	if err != nil {
-		return fmt.Errorf("reply to %s (%q, %s): %w", r.u.email, m.Header.Get("Subject"), path, err)
-	}
-	g.mu.Lock()
-	r.arrived, r.cert = seen, cert
-	g.complete(id, r)
-	g.mu.Unlock()
-	// Removed after the user is back in line: an unlink waits for the
-	// file system's journal, which is busy with the daemon's fsyncs.
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
-}
-
-// certificate verifies a certificate reply and returns the certificate
-// for u it carries.
-func (g *generator) certificate(raw []byte, u *user) (*x509.Certificate, error) {
-	// Maildir files have LF line ends; the signature is over CRLF.
-	raw = bytes.ReplaceAll(raw, []byte("\n"), []byte("\r\n"))
-	req, err := smime.ParseRequest(raw, smime.Limits{})
-	if err != nil {
-		return nil, err
-	}
-	v, err := req.Verify(smime.VerifyOptions{Roots: g.t.Roots, At: time.Now()})
-	if err != nil {
-		return nil, fmt.Errorf("the KMS signature does not verify: %w", err)
-	}
-	for _, c := range v.Signature.Certificates {
-		if len(c.EmailAddresses) == 1 && c.EmailAddresses[0] == u.email && (u.cert == nil || !c.Equal(u.cert)) {
-			return c, nil
-		}
-	}
-	return nil, errors.New("not a certificate reply: it carries no new certificate for the user")
 }

@@ -1,21 +1,62 @@
 // Command kms-load is a load generator for the kms daemon's mail path. It
 // enrolls users by mail, then has them send signed same-key renewal
-// requests over SMTP on loopback, and counts the certificate replies
-// delivered into the daemon's Maildir. It reports renewals per second and
-// the p50/p99 latency from the SMTP 250 to the reply file appearing, beside
-// the raw RSA signing rate of the daemon's own keys measured in the same
-// run: each renewal costs the daemon two signatures (the certificate and
-// the signed reply), so half that rate bounds the renewal rate.
+// requests over SMTP on loopback, and receives the certificate replies as
+// the users' mail clients would. It reports renewals per second and the
+// p50/p99 latency from the SMTP 250 to the reply's arrival, beside the raw
+// RSA signing rate of the daemon's own keys measured in the same run: each
+// renewal costs the daemon two signatures (the certificate and the signed
+// reply), so half that rate bounds the renewal rate.
 //
-//	kms-load --spawn [--kms BIN] [--data-dir DIR] [--users N] [--renewals M] [--concurrency C]
-//	kms-load --data-dir DIR --smtp 127.0.0.1:2525 --http 127.0.0.1:8025 [...]
+//	kms-load --spawn [--kms BIN] [--data-dir DIR] [--renewals M] [--users N] [--concurrency C] [--cpuprofile FILE]
+//	kms-load --data-dir DIR --smtp 127.0.0.1:2525 --http 127.0.0.1:8025 [--sink 127.0.0.1:PORT] [--daemon-pid PID] [...]
+//
+// It measures the daemon, not itself. In production the mail clients are
+// on other machines, while here the generator shares the CPUs with the
+// daemon, so it does as little as it can while the clock runs:
+//
+//   - Each user renews once by default (--users defaults to --renewals), as
+//     a real population does. With fewer users than renewals, a user's
+//     later renewals are signed with the certificate of its previous reply.
+//   - Every user's first renewal request is built and signed after the
+//     enrollment phase, before the clock starts, and the SMTP connections
+//     are open; the timed window only sends prepared bytes (and signs a
+//     user's later renewals, which need the new certificate).
+//   - Replies are only matched to their requests (In-Reply-To) in the
+//     window, and, for a user with another renewal to send, its new
+//     certificate is taken out without verification. Only replies verified
+//     after the timed window count: each is checked as a mail client would,
+//     addressed and delivered to the user, the KMS signature chaining to
+//     the CA roots of GET /ca.pem, a new certificate for the user's address
+//     and key. Any reply that fails fails the run (exit 1), naming it.
+//
+// The window runs from the first renewal sent to the last reply in. With
+// one renewal per user nothing waits for a reply before sending, so the
+// daemon takes requests in faster than it answers them: the rate is its
+// throughput, and the latency mostly time queued inside it. The report
+// gives the CPU time that this process (user + system, from getrusage)
+// and, with --spawn or --daemon-pid, the daemon (from /proc/PID/stat) used
+// in the window, as cores and as milliseconds per renewal; --cpuprofile
+// writes this process's CPU profile of the window.
 //
 // With --spawn it starts `kms serve` itself (building it unless --kms names
-// a binary) with an RSA-2048 issuing CA and KMS key and Maildir delivery,
-// and stops it at the end. Otherwise it drives a running daemon whose data
-// directory (admin token, Maildir, CA keys) it can read. It talks to
+// a binary) with an RSA-2048 issuing CA and KMS key, and an SMTP sink of its
+// own on a free loopback port as the daemon's relay (relay.starttls false,
+// relay.rate 0), and stops both at the end. The sink accepts mail only for
+// the run's users and the admin address, and keeps each message and its
+// arrival time in memory.
+//
+// Otherwise it drives a running daemon whose data directory (admin token,
+// CA keys, Maildir) it can read. By default it polls the daemon's Maildir
+// (DATA_DIR/mail, or --maildir) for the replies. With --sink ADDR it
+// listens on ADDR (loopback) with its SMTP sink instead, for a daemon
+// whose configuration has
+//
+//	relay: {addr: ADDR, starttls: false, rate: 0}
+//
+// and --admin-address must then be the daemon's admin_address. It talks to
 // loopback addresses only, stops by itself after --timeout, and exits 0
-// when every renewal was answered, 1 when the run failed, 2 on bad usage.
+// when every renewal was answered and verified, 1 when the run failed, 2 on
+// bad usage.
 package main
 
 import (
@@ -49,33 +90,45 @@ func main() {
 
 // flags are the command line.
 type flags struct {
-	spawn, keep, json        bool
-	kmsBin, dataDir          string
-	smtpAddr, httpAddr       string
-	maildir, domain, address string
-	signFor                  time.Duration
-	o                        options
+	spawn, keep, json               bool
+	kmsBin, dataDir                 string
+	smtpAddr, httpAddr, sinkAddr    string
+	maildir, domain, address, admin string
+	cpuProfile                      string
+	signFor                         time.Duration
+	o                               options
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	f := &flags{}
 	fs := flag.NewFlagSet("kms-load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.BoolVar(&f.spawn, "spawn", false, "start `kms serve` for the run (RSA-2048 CA, Maildir delivery) and stop it after")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: kms-load --spawn [--kms BIN] [--renewals M] [--users N] [--concurrency C] [flags]\n"+
+			"       kms-load --data-dir DIR --smtp ADDR --http ADDR [--sink ADDR] [--daemon-pid PID] [flags]\n\n"+
+			"Measures renewals by mail through a kms daemon on loopback; only replies verified after the timed window count.\n\n")
+		fs.PrintDefaults()
+	}
+	fs.BoolVar(&f.spawn, "spawn", false, "start kms serve for the run (RSA-2048 CA, replies relayed to kms-load's SMTP sink) and stop it after")
 	fs.StringVar(&f.kmsBin, "kms", "", "with --spawn: the kms `binary` (default: go build ./cmd/kms of this module)")
 	fs.BoolVar(&f.keep, "keep", false, "with --spawn and no --data-dir: keep the temporary data directory")
-	fs.StringVar(&f.dataDir, "data-dir", "", "the daemon's data `directory` (admin.token, mail/, ca/)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "the daemon's data `directory` (admin.token, ca/, mail/)")
 	fs.StringVar(&f.smtpAddr, "smtp", "127.0.0.1:2525", "the daemon's SMTP `address` (loopback)")
 	fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8025", "the daemon's admin HTTP `address` (loopback)")
-	fs.StringVar(&f.maildir, "maildir", "", "the daemon's Maildir (default: DATA_DIR/mail)")
+	fs.StringVar(&f.sinkAddr, "sink", "", "receive the replies with an SMTP sink listening on this loopback `address`, the daemon's relay.addr\n"+
+		"(default with --spawn: a free port; without: poll the Maildir)")
+	fs.StringVar(&f.maildir, "maildir", "", "without --sink: the daemon's Maildir (default: DATA_DIR/mail)")
 	fs.StringVar(&f.domain, "domain", "example.com", "a mail `domain` the daemon serves, for the users")
 	fs.StringVar(&f.address, "kms-address", "kms@example.com", "the KMS `address` requests go to")
-	fs.IntVar(&f.o.Users, "users", 32, "users, each enrolled by mail first")
+	fs.StringVar(&f.admin, "admin-address", "postmaster@example.com", "the daemon's admin_address, whose mail the sink also accepts (with --spawn: the one configured)")
+	fs.IntVar(&f.o.Users, "users", 0, "users, each enrolled by mail first (default: --renewals, one renewal each)")
 	fs.IntVar(&f.o.Renewals, "renewals", 320, "renewal requests in all, spread over the users")
 	fs.IntVar(&f.o.Concurrency, "concurrency", 4, "SMTP connections sending at once")
 	fs.StringVar(&f.o.UserKey, "user-key", "p256", "the users' key type: p256 or rsa2048")
 	fs.DurationVar(&f.o.Timeout, "timeout", 10*time.Minute, "give up after this long")
 	fs.DurationVar(&f.signFor, "sign-time", 3*time.Second, "how long the raw signing rate is measured, before and after")
+	fs.IntVar(&f.o.DaemonPID, "daemon-pid", 0, "without --spawn: the daemon's process `id`, to report its CPU time")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write kms-load's CPU profile of the timed window to `file`")
 	fs.BoolVar(&f.json, "json", false, "print the report as JSON")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -83,17 +136,34 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	usersSet := false
+	fs.Visit(func(fl *flag.Flag) { usersSet = usersSet || fl.Name == "users" })
+	if !usersSet {
+		f.o.Users = f.o.Renewals
+	}
 	if f.o.Users <= 0 || f.o.Concurrency <= 0 || f.o.Renewals < 0 || f.o.Timeout <= 0 {
 		return nil, errors.New("--users, --concurrency and --timeout must be positive and --renewals not negative")
 	}
-	if !f.spawn {
-		if f.dataDir == "" {
-			return nil, errors.New("--data-dir is required without --spawn: the admin token and the Maildir are in it")
+	if f.sinkAddr != "" {
+		if err := loopback(f.sinkAddr); err != nil {
+			return nil, fmt.Errorf("--sink: %w", err)
 		}
-		for _, a := range []string{f.smtpAddr, f.httpAddr} {
-			if err := loopback(a); err != nil {
-				return nil, err
-			}
+	}
+	if f.spawn {
+		if f.o.DaemonPID != 0 {
+			return nil, errors.New("--daemon-pid is for a daemon kms-load did not start; --spawn knows its own")
+		}
+		return f, nil
+	}
+	if f.dataDir == "" {
+		return nil, errors.New("--data-dir is required without --spawn: the admin token and the CA keys are in it")
+	}
+	if f.o.DaemonPID < 0 {
+		return nil, errors.New("--daemon-pid must be a process id")
+	}
+	for _, a := range []string{f.smtpAddr, f.httpAddr} {
+		if err := loopback(a); err != nil {
+			return nil, err
 		}
 	}
 	return f, nil
@@ -134,17 +204,43 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func (f *flags) run(ctx context.Context, stdout, stderr io.Writer) (err error) {
-	if f.spawn {
-		if f.dataDir == "" {
-			if f.dataDir, err = os.MkdirTemp("", "kms-load-"); err != nil {
-				return err
-			}
-			if !f.keep {
-				defer os.RemoveAll(f.dataDir)
-			}
+	if f.cpuProfile != "" {
+		pf, err := os.Create(f.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
 		}
-		fmt.Fprintf(stderr, "starting kms serve in %s\n", f.dataDir)
-		d, err := spawn(ctx, spawnOptions{Binary: f.kmsBin, DataDir: f.dataDir, Concurrency: f.o.Concurrency})
+		defer func() {
+			if cerr := pf.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("--cpuprofile: %w", cerr)
+			}
+		}()
+		f.o.CPUProfile = pf
+	}
+	if f.spawn && f.dataDir == "" {
+		if f.dataDir, err = os.MkdirTemp("", "kms-load-"); err != nil {
+			return err
+		}
+		if !f.keep {
+			defer os.RemoveAll(f.dataDir)
+		}
+	}
+	// The sink is up before the daemon starts, so that the daemon's
+	// configuration can name it, and closes after the daemon stops.
+	var sk *sink
+	if f.spawn || f.sinkAddr != "" {
+		addr := f.sinkAddr
+		if addr == "" {
+			addr = "127.0.0.1:0"
+		}
+		if sk, err = startSink(addr, f.admin, stderr); err != nil {
+			return err
+		}
+		defer sk.close()
+	}
+	if f.spawn {
+		fmt.Fprintf(stderr, "starting kms serve in %s, relaying to the SMTP sink on %s\n", f.dataDir, sk.addr)
+		d, err := spawn(ctx, spawnOptions{Binary: f.kmsBin, DataDir: f.dataDir, Concurrency: f.o.Concurrency,
+			Relay: sk.addr, KMSAddress: f.address, AdminAddress: f.admin, Domain: f.domain})
 		if err != nil {
 			return err
 		}
@@ -154,6 +250,7 @@ func (f *flags) run(ctx context.Context, stdout, stderr io.Writer) (err error) {
 			}
 		}()
 		f.smtpAddr, f.httpAddr = d.smtpAddr, d.httpAddr
+		f.o.DaemonPID = d.cmd.Process.Pid
 	}
 	if f.maildir == "" {
 		f.maildir = filepath.Join(f.dataDir, "mail")
@@ -162,6 +259,7 @@ func (f *flags) run(ctx context.Context, stdout, stderr io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
+	t.Sink = sk
 	keys, keysDesc, err := signingKeys(f.dataDir)
 	if err != nil {
 		return err
@@ -172,24 +270,32 @@ func (f *flags) run(ctx context.Context, stdout, stderr io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	out, runErr := runLoad(ctx, t, f.o)
-	if out == nil {
-		return runErr
+	out, err := runLoad(ctx, t, f.o)
+	if err != nil {
+		return err
+	}
+	if sk != nil {
+		if n := sk.adminMail(); n > 0 {
+			fmt.Fprintf(stderr, "kms-load: note: the daemon sent %d messages to the admin address %s during the run\n", n, f.admin)
+		}
 	}
 	after, err := signRate(ctx, keys, workers, f.signFor)
 	if err != nil {
 		return err
 	}
 	r := newReport(out, f.o, keysDesc, workers, before, after)
+	r.RepliesVia = "the SMTP sink"
+	if sk == nil {
+		r.RepliesVia = "the Maildir"
+	}
 	r.LoadBefore, r.LoadAfter = loadBefore, loadAverage()
 	if f.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		enc.Encode(r)
-	} else {
-		r.print(stdout)
+		return enc.Encode(r)
 	}
-	return runErr
+	r.print(stdout)
+	return nil
 }
 
 // target reads what the run needs of the daemon: the admin token, the CA

@@ -63,21 +63,48 @@ func signRate(ctx context.Context, keys []crypto.Signer, workers int, d time.Dur
 
 // report is the result of a run, as printed.
 type report struct {
-	Renewals       int     `json:"renewals"`
+	Renewals       int     `json:"renewals"` // replies received and then verified
 	Users          int     `json:"users"`
 	Concurrency    int     `json:"concurrency"`
-	Seconds        float64 `json:"seconds"`
+	Seconds        float64 `json:"seconds"` // the timed window
 	PerSecond      float64 `json:"renewals_per_second"`
 	P50ms          float64 `json:"p50_ms"`
 	P99ms          float64 `json:"p99_ms"`
+	RepliesVia     string  `json:"replies_via"`
+	Verified       string  `json:"verified"`
 	SignKeys       string  `json:"sign_keys"`
 	SignWorkers    int     `json:"sign_workers"`
 	SignRateBefore float64 `json:"sign_rate_before"`
 	SignRateAfter  float64 `json:"sign_rate_after"`
 	Bound          float64 `json:"bound_renewals_per_second"`
 	Ratio          float64 `json:"ratio"`
-	LoadBefore     string  `json:"loadavg_before"`
-	LoadAfter      string  `json:"loadavg_after"`
+	// LoadCPU is what kms-load itself used in the timed window; KMSCPU
+	// what the daemon used, when its process is known.
+	LoadCPU    cpuUse  `json:"kms_load_cpu"`
+	KMSCPU     *cpuUse `json:"kms_cpu,omitempty"`
+	LoadBefore string  `json:"loadavg_before"`
+	LoadAfter  string  `json:"loadavg_after"`
+}
+
+// cpuUse is one process's CPU time over the timed window.
+type cpuUse struct {
+	Seconds      float64 `json:"cpu_seconds"`        // user + system
+	Cores        float64 `json:"cores"`              // CPU seconds per second of the window
+	MsPerRenewal float64 `json:"cpu_ms_per_renewal"` // CPU milliseconds per renewal
+}
+
+// verifiedAfter says what every counted reply passed, after the clock.
+const verifiedAfter = "after the timed window: addressed and delivered to the user, KMS signature chaining to the CA roots, a new certificate for the user's address and key"
+
+func newCPUUse(cpu, wall time.Duration, renewals int) cpuUse {
+	u := cpuUse{Seconds: cpu.Seconds()}
+	if wall > 0 {
+		u.Cores = cpu.Seconds() / wall.Seconds()
+	}
+	if renewals > 0 {
+		u.MsPerRenewal = ms(cpu) / float64(renewals)
+	}
+	return u
 }
 
 // percentile is the q-quantile (0..1) of sorted, by the nearest rank.
@@ -95,7 +122,7 @@ func newReport(o *outcome, opt options, keys string, workers int, before, after 
 	lat := slices.Clone(o.Latencies)
 	slices.Sort(lat)
 	r := report{Renewals: o.Renewals, Users: opt.Users, Concurrency: opt.Concurrency, Seconds: o.Elapsed.Seconds(),
-		P50ms: ms(percentile(lat, 0.50)), P99ms: ms(percentile(lat, 0.99)),
+		P50ms: ms(percentile(lat, 0.50)), P99ms: ms(percentile(lat, 0.99)), Verified: verifiedAfter,
 		SignKeys: keys, SignWorkers: workers, SignRateBefore: before, SignRateAfter: after}
 	if o.Elapsed > 0 {
 		r.PerSecond = float64(o.Renewals) / o.Elapsed.Seconds()
@@ -104,19 +131,34 @@ func newReport(o *outcome, opt options, keys string, workers int, before, after 
 	if r.Bound > 0 {
 		r.Ratio = r.PerSecond / r.Bound
 	}
+	start, end := o.CPU.Start, o.CPU.End
+	wall := end.at.Sub(start.at)
+	r.LoadCPU = newCPUUse(end.self-start.self, wall, o.Renewals)
+	if start.daemonOK && end.daemonOK {
+		u := newCPUUse(end.daemon-start.daemon, wall, o.Renewals)
+		r.KMSCPU = &u
+	}
 	return r
 }
 
+// ms is d in milliseconds, fractions kept.
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // print writes the report for a person.
 func (r report) print(w io.Writer) {
 	fmt.Fprintf(w, "renewals:        %d by %d users over %d SMTP connections in %.2fs\n", r.Renewals, r.Users, r.Concurrency, r.Seconds)
 	fmt.Fprintf(w, "rate:            %.1f renewals/s\n", r.PerSecond)
-	fmt.Fprintf(w, "latency:         p50 %.1f ms, p99 %.1f ms (SMTP 250 to the reply in the Maildir)\n", r.P50ms, r.P99ms)
+	fmt.Fprintf(w, "latency:         p50 %.1f ms, p99 %.1f ms (SMTP 250 to the reply at %s)\n", r.P50ms, r.P99ms, r.RepliesVia)
+	fmt.Fprintf(w, "checks:          %d replies verified %s\n", r.Renewals, r.Verified)
 	fmt.Fprintf(w, "raw signing:     %.0f/s before, %.0f/s after, %d goroutines, with %s\n", r.SignRateBefore, r.SignRateAfter, r.SignWorkers, r.SignKeys)
 	fmt.Fprintf(w, "bound:           %.1f renewals/s (%d signatures a renewal)\n", r.Bound, signaturesPerRenewal)
 	fmt.Fprintf(w, "ratio:           %.1f%% of the bound\n", 100*r.Ratio)
+	fmt.Fprintf(w, "CPU, kms-load:   %.2f cores, %.3f ms a renewal (%.2fs in the timed window)\n", r.LoadCPU.Cores, r.LoadCPU.MsPerRenewal, r.LoadCPU.Seconds)
+	if r.KMSCPU != nil {
+		fmt.Fprintf(w, "CPU, kms:        %.2f cores, %.3f ms a renewal (%.2fs in the timed window)\n", r.KMSCPU.Cores, r.KMSCPU.MsPerRenewal, r.KMSCPU.Seconds)
+	} else {
+		fmt.Fprintf(w, "CPU, kms:        not measured (its process is not known: use --spawn or --daemon-pid)\n")
+	}
 	fmt.Fprintf(w, "load average:    %s before, %s after (%d CPUs)\n", r.LoadBefore, r.LoadAfter, runtime.NumCPU())
 }
 

@@ -28,11 +28,21 @@ type spawnOptions struct {
 	Binary      string // a built kms; "" builds ./cmd/kms of this module into dataDir
 	DataDir     string // the daemon's data directory, created if needed
 	Concurrency int    // the SMTP connections the run will open
+	// smtpAddr and httpAddr are the listeners, chosen by spawn.
+	smtpAddr, httpAddr string
+	// Relay is the SMTP sink's address: the daemon delivers its mail
+	// there, in clear and unthrottled. "" leaves it delivering into its
+	// Maildir.
+	Relay string
+	// KMSAddress, AdminAddress and Domain are the daemon's address,
+	// admin_address and only mail domain; empty takes kms@example.com,
+	// postmaster@example.com and example.com.
+	KMSAddress, AdminAddress, Domain string
 }
 
 // spawn writes a configuration for a loopback daemon with an RSA-2048
-// issuing CA and KMS key and Maildir delivery, starts `kms serve` with it
-// and waits until it answers on HTTP and SMTP.
+// issuing CA and KMS key that delivers to o.Relay, starts `kms serve` with
+// it and waits until it answers on HTTP and SMTP.
 func spawn(ctx context.Context, o spawnOptions) (*spawned, error) {
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("--data-dir %s: %w", o.DataDir, err)
@@ -53,7 +63,8 @@ func spawn(ctx context.Context, o spawnOptions) (*spawned, error) {
 	if err != nil {
 		return nil, err
 	}
-	configPath, err := writeConfig(o.DataDir, smtpAddr, httpAddr, o.Concurrency)
+	o.smtpAddr, o.httpAddr = smtpAddr, httpAddr
+	configPath, err := writeConfig(o)
 	if err != nil {
 		return nil, err
 	}
@@ -95,17 +106,28 @@ func spawn(ctx context.Context, o spawnOptions) (*spawned, error) {
 	}
 }
 
-// writeConfig writes the daemon's configuration into dataDir and returns
-// its path: loopback listeners, an RSA-2048 issuing CA and KMS key (the
-// default, written out because the run's bound depends on it), Maildir
-// delivery (the default), warnings only in the log.
-func writeConfig(dataDir, smtpAddr, httpAddr string, concurrency int) (string, error) {
+// writeConfig writes the daemon's configuration into o.DataDir and
+// returns its path: loopback listeners, an RSA-2048 issuing CA and KMS key
+// (the default, written out because the run's bound depends on it),
+// delivery to the relay o.Relay (or the Maildir), warnings only in the
+// log.
+func writeConfig(o spawnOptions) (string, error) {
+	kmsAddress, adminAddress, domain := o.KMSAddress, o.AdminAddress, o.Domain
+	if kmsAddress == "" {
+		kmsAddress = "kms@example.com"
+	}
+	if adminAddress == "" {
+		adminAddress = "postmaster@example.com"
+	}
+	if domain == "" {
+		domain = "example.com"
+	}
 	// The per-address connection cap would refuse the run's connections
 	// (all from 127.0.0.1) beyond the default of 10.
 	config := fmt.Sprintf(`data_dir: %q
-address: kms@example.com
-admin_address: postmaster@example.com
-domains: [example.com]
+address: %q
+admin_address: %q
+domains: [%q]
 smtp:
   listen: %q
   max_connections_per_ip: %d
@@ -115,8 +137,13 @@ ca:
   key_type: rsa2048
 log:
   level: warn
-`, dataDir, smtpAddr, concurrency+4, httpAddr)
-	path := filepath.Join(dataDir, "kms-load.yaml")
+`, o.DataDir, kmsAddress, adminAddress, domain, o.smtpAddr, o.Concurrency+4, o.httpAddr)
+	if o.Relay != "" {
+		// The sink is on loopback: no TLS, and no rate limit, which would
+		// measure the limit instead of the daemon.
+		config += fmt.Sprintf("relay: {addr: %q, starttls: false, rate: 0}\n", o.Relay)
+	}
+	path := filepath.Join(o.DataDir, "kms-load.yaml")
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		return "", err
 	}

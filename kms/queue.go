@@ -48,13 +48,14 @@ func (s *Store) AcceptInbound(ctx context.Context, raw []byte, mailFrom, remoteA
 	return id, duplicate, err
 }
 
-// ClaimInbound leases up to limit pending messages for lease.
+// ClaimInbound leases up to limit pending messages for lease, those due
+// longest first (new mail in the order it arrived).
 func (s *Store) ClaimInbound(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]Inbound, error) {
 	var out []Inbound
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		rows, err := s.q(tx).QueryContext(ctx, `UPDATE inbound SET claimed_until = $1, attempts = attempts + 1
 			WHERE claimed_until <= $2 AND id IN (SELECT id FROM inbound WHERE state = 'pending' AND next_attempt_at <= $2
-				AND claimed_until <= $2 ORDER BY id LIMIT $3`+s.dialect.skipLocked+`)
+				AND claimed_until <= $2 ORDER BY next_attempt_at, id LIMIT $3`+s.dialect.skipLocked+`)
 			RETURNING id, mail_from, remote_addr, raw, received_at, attempts`, ms(now.Add(lease)), ms(now), limit)
 		if err != nil {
 			return err

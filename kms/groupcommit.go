@@ -28,7 +28,8 @@ type groupCommit struct {
 	mu      sync.Mutex
 	busy    bool
 	pending []*groupReq
-	commits atomic.Int64 // transactions run, for the tests
+	commits atomic.Int64 // database transactions committed (or rolled back)
+	txs     atomic.Int64 // callers' transactions carried by them
 }
 
 type groupReq struct {
@@ -64,6 +65,7 @@ func (g *groupCommit) run(ctx context.Context, s *Store, fn func(*sql.Tx) error)
 
 	runBatch(s, batch)
 	g.commits.Add(1)
+	g.txs.Add(int64(len(batch)))
 
 	g.mu.Lock()
 	if len(g.pending) > 0 {

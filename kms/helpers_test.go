@@ -91,6 +91,18 @@ func openSQLiteStore(t testing.TB) *Store {
 // never share mutable state, and drops it afterwards.
 func openPostgresStore(t testing.TB, adminDSN string) *Store {
 	t.Helper()
+	s, err := OpenStore(context.Background(), "postgres", newPostgresDatabase(t, adminDSN))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// newPostgresDatabase creates an empty database for the test, dropped when
+// the test ends, and returns its DSN.
+func newPostgresDatabase(t testing.TB, adminDSN string) string {
+	t.Helper()
 	ctx := context.Background()
 	adminDB, err := sql.Open("pgx", adminDSN)
 	if err != nil {
@@ -103,20 +115,14 @@ func openPostgresStore(t testing.TB, adminDSN string) *Store {
 	if _, err := adminDB.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
 		t.Fatalf("create test database: %v", err)
 	}
-	dsn := replaceDatabase(adminDSN, name)
-	s, err := OpenStore(ctx, "postgres", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() {
-		s.Close()
 		db, err := sql.Open("pgx", adminDSN)
 		if err == nil {
 			db.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
 			db.Close()
 		}
 	})
-	return s
+	return replaceDatabase(adminDSN, name)
 }
 
 // replaceDatabase swaps the database name in a postgres:// URL.

@@ -46,6 +46,8 @@ type StateCollector struct {
 	oldest  *prometheus.Desc
 	due     *prometheus.Desc
 	overdue *prometheus.Desc
+	commits *prometheus.Desc
+	txs     *prometheus.Desc
 }
 
 // NewStateCollector returns a collector over svc's store.
@@ -59,6 +61,10 @@ func NewStateCollector(svc *Service) *StateCollector {
 		due:    prometheus.NewDesc("kms_reminders_due", "Reminders due and not yet queued.", nil, nil),
 		overdue: prometheus.NewDesc("kms_reminders_overdue_seconds",
 			"How far behind its schedule the oldest due reminder is: the scheduler's lag.", nil, nil),
+		commits: prometheus.NewDesc("kms_sqlite_commits_total",
+			"SQLite commits, each one fsync (SQLite store only).", nil, nil),
+		txs: prometheus.NewDesc("kms_sqlite_transactions_total",
+			"Write transactions those commits carried: transactions per commit is the group commit's batch size.", nil, nil),
 	}
 }
 
@@ -70,10 +76,17 @@ func (c *StateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.oldest
 	ch <- c.due
 	ch <- c.overdue
+	ch <- c.commits
+	ch <- c.txs
 }
 
 // Collect implements prometheus.Collector.
 func (c *StateCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.svc.store.dialect.name == "sqlite" {
+		g := &c.svc.store.group
+		ch <- prometheus.MustNewConstMetric(c.commits, prometheus.CounterValue, float64(g.commits.Load()))
+		ch <- prometheus.MustNewConstMetric(c.txs, prometheus.CounterValue, float64(g.txs.Load()))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	certs, users, err := c.svc.Counts(ctx)

@@ -34,16 +34,20 @@ type Inbound struct {
 func (s *Store) AcceptInbound(ctx context.Context, raw []byte, mailFrom, remoteAddr string, now time.Time) (id int64, duplicate bool, err error) {
 	digest := sha256.Sum256(raw)
 	err = s.tx(ctx, func(tx *sql.Tx) error {
-		err := s.q(tx).QueryRowContext(ctx, `SELECT id FROM inbound WHERE digest = $1`, digest[:]).Scan(&id)
-		if err == nil {
+		q := s.q(tx)
+		// The insert is tried first: a duplicate is the rare case.
+		err := q.QueryRowContext(ctx, `INSERT INTO inbound (digest, mail_from, remote_addr, state, received_at, next_attempt_at)
+			VALUES ($1, $2, $3, 'pending', $4, $4) ON CONFLICT (digest) DO NOTHING RETURNING id`,
+			digest[:], mailFrom, remoteAddr, ms(now)).Scan(&id)
+		if errors.Is(err, sql.ErrNoRows) {
 			duplicate = true
-			return nil
+			return q.QueryRowContext(ctx, `SELECT id FROM inbound WHERE digest = $1`, digest[:]).Scan(&id)
 		}
-		if !errors.Is(err, sql.ErrNoRows) {
+		if err != nil {
 			return err
 		}
-		return s.q(tx).QueryRowContext(ctx, `INSERT INTO inbound (digest, mail_from, remote_addr, raw, state, received_at, next_attempt_at)
-			VALUES ($1, $2, $3, $4, 'pending', $5, $5) RETURNING id`, digest[:], mailFrom, remoteAddr, raw, ms(now)).Scan(&id)
+		_, err = q.ExecContext(ctx, `INSERT INTO inbound_raw (inbound_id, raw) VALUES ($1, $2)`, id, raw)
+		return err
 	})
 	return id, duplicate, err
 }
@@ -53,27 +57,39 @@ func (s *Store) AcceptInbound(ctx context.Context, raw []byte, mailFrom, remoteA
 func (s *Store) ClaimInbound(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]Inbound, error) {
 	var out []Inbound
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		rows, err := s.q(tx).QueryContext(ctx, `UPDATE inbound SET claimed_until = $1, attempts = attempts + 1
+		q := s.q(tx)
+		rows, err := q.QueryContext(ctx, `UPDATE inbound SET claimed_until = $1, attempts = attempts + 1
 			WHERE claimed_until <= $2 AND id IN (SELECT id FROM inbound WHERE state = 'pending' AND next_attempt_at <= $2
 				AND claimed_until <= $2 ORDER BY next_attempt_at, id LIMIT $3`+s.dialect.skipLocked+`)
-			RETURNING id, mail_from, remote_addr, raw, received_at, attempts`, ms(now.Add(lease)), ms(now), limit)
+			RETURNING id, mail_from, remote_addr, received_at, attempts`, ms(now.Add(lease)), ms(now), limit)
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
 		out = out[:0]
 		for rows.Next() {
 			var (
 				m  Inbound
 				at int64
 			)
-			if err := rows.Scan(&m.ID, &m.MailFrom, &m.RemoteAddr, &m.Raw, &at, &m.Attempts); err != nil {
+			if err := rows.Scan(&m.ID, &m.MailFrom, &m.RemoteAddr, &at, &m.Attempts); err != nil {
+				rows.Close()
 				return err
 			}
 			m.ReceivedAt = fromMS(at)
 			out = append(out, m)
 		}
-		return rows.Err()
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for i := range out {
+			if err := q.QueryRowContext(ctx, `SELECT raw FROM inbound_raw WHERE inbound_id = $1`, out[i].ID).Scan(&out[i].Raw); err != nil {
+				return fmt.Errorf("inbound %d: message bytes: %w", out[i].ID, err)
+			}
+		}
+		return nil
 	})
 	return out, err
 }

@@ -454,7 +454,7 @@ func TestStorePersistsAcrossReopen(t *testing.T) {
 	}
 	defer s2.Close()
 	v, err := s2.SchemaVersion(e0ctx)
-	if err != nil || v != 2 {
+	if err != nil || v != 3 {
 		t.Fatalf("schema version %d, %v", v, err)
 	}
 	e.svc.store = s2

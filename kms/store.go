@@ -79,6 +79,12 @@ func OpenStore(ctx context.Context, driver, dsn string) (*Store, error) {
 // OpenStoreWithPassword is OpenStore with a PostgreSQL password kept out of
 // the DSN (it comes from store.password_file or KMS_DB_PASSWORD).
 func OpenStoreWithPassword(ctx context.Context, driver, dsn string, password []byte) (*Store, error) {
+	return openStore(ctx, driver, dsn, password, 0)
+}
+
+// openStore opens the store and applies the migrations up to version upTo
+// (0: all of them; the tests of a migration stop before it).
+func openStore(ctx context.Context, driver, dsn string, password []byte, upTo int) (*Store, error) {
 	var (
 		db  *sql.DB
 		d   dialect
@@ -111,7 +117,7 @@ func OpenStoreWithPassword(ctx context.Context, driver, dsn string, password []b
 		db.Close()
 		return nil, fmt.Errorf("store: connect to %s: %w", driver, err)
 	}
-	if err := s.migrate(ctx); err != nil {
+	if err := s.migrate(ctx, upTo); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -167,9 +173,9 @@ func (s *Store) Close() error {
 // Driver names the database in use, for logs and metrics.
 func (s *Store) Driver() string { return s.dialect.name }
 
-// migrate applies, in order and each in its own transaction, the embedded
-// migrations the database has not seen.
-func (s *Store) migrate(ctx context.Context) error {
+// migrate applies, in order and all in one transaction, the embedded
+// migrations the database has not seen, up to version upTo (0: all).
+func (s *Store) migrate(ctx context.Context, upTo int) error {
 	dir := "migrations/" + s.dialect.name
 	entries, err := fs.ReadDir(migrations, dir)
 	if err != nil {
@@ -189,6 +195,9 @@ func (s *Store) migrate(ctx context.Context) error {
 			version, err := strconv.Atoi(strings.SplitN(e.Name(), "_", 2)[0])
 			if err != nil {
 				return fmt.Errorf("store: migration file %s: name must start with a number", e.Name())
+			}
+			if upTo > 0 && version > upTo {
+				break
 			}
 			var n int
 			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = $1`, version).Scan(&n); err != nil {

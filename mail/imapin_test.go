@@ -56,7 +56,7 @@ type inboundRow struct {
 func (r *imapRig) rows(t *testing.T) []inboundRow {
 	t.Helper()
 	db := openDB(t, r.path)
-	rows, err := db.Query(`SELECT mail_from, remote_addr, raw FROM inbound ORDER BY id`)
+	rows, err := db.Query(`SELECT i.mail_from, i.remote_addr, r.raw FROM inbound i JOIN inbound_raw r ON r.inbound_id = i.id ORDER BY i.id`)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -110,7 +110,7 @@ func send(t *testing.T, c *textproto.Conn, code int, format string, args ...any)
 // rows returns the stored inbound messages' raw bytes and senders, in order.
 func (e *inEnv) rows(t *testing.T) (raws [][]byte, froms []string) {
 	t.Helper()
-	rs, err := e.db.Query(`SELECT raw, mail_from FROM inbound ORDER BY id`)
+	rs, err := e.db.Query(`SELECT r.raw, i.mail_from FROM inbound i JOIN inbound_raw r ON r.inbound_id = i.id ORDER BY i.id`)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,6 +30,10 @@ type Store struct {
 	db      *sql.DB
 	dialect dialect
 	stmts   sync.Map // query text → *sql.Stmt, for the hot paths
+	// preparing holds the queries being prepared for stmts in the
+	// background (see cached.stmt); Close waits for them.
+	preparing   sync.Map
+	preparingWG sync.WaitGroup
 	// group batches this process's write transactions on SQLite (see
 	// groupCommit).
 	group groupCommit
@@ -163,6 +167,7 @@ func openSQLite(path string) (*sql.DB, error) {
 
 // Close closes the prepared statements and the database.
 func (s *Store) Close() error {
+	s.preparingWG.Wait()
 	s.stmts.Range(func(_, st any) bool {
 		st.(*sql.Stmt).Close()
 		return true
@@ -301,11 +306,36 @@ type cached struct {
 func (s *Store) q(tx *sql.Tx) cached { return cached{s, tx} }
 
 func (c cached) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
-	st, err := c.s.prepared(ctx, query)
-	if err != nil || c.tx == nil {
-		return st, err
+	if c.tx == nil {
+		return c.s.prepared(ctx, query)
 	}
-	return c.tx.StmtContext(ctx, st), nil
+	if st, ok := c.s.stmts.Load(query); ok {
+		return c.tx.StmtContext(ctx, st.(*sql.Stmt)), nil
+	}
+	// Preparing on the database would need a second connection while this
+	// transaction holds one. With every connection held by a transaction
+	// doing the same, the pool deadlocks: on PostgreSQL, eight concurrent
+	// enrollments right after a start hung the daemon that way. The
+	// statement is prepared on the transaction's own connection this time,
+	// and for the cache in the background, once a connection is free.
+	c.s.prepareLater(query)
+	return c.tx.PrepareContext(ctx, query)
+}
+
+// prepareLater prepares query for the statement cache without making the
+// caller wait for a connection.
+func (s *Store) prepareLater(query string) {
+	if _, busy := s.preparing.LoadOrStore(query, true); busy {
+		return
+	}
+	s.preparingWG.Go(func() {
+		defer s.preparing.Delete(query)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		// A failure leaves the query out of the cache; the next use in a
+		// transaction tries again.
+		s.prepared(ctx, query)
+	})
 }
 
 // ExecContext implements querier.

@@ -53,6 +53,10 @@ type options struct {
 	// CPUProfile, when set, receives this process's CPU profile of the
 	// timed window.
 	CPUProfile io.Writer
+	// BeforeWindow, when set, runs once everything is prepared, just
+	// before the clock starts: the signing rate is measured there, with
+	// the daemon idle and nothing else of the run left to do.
+	BeforeWindow func(context.Context) error
 }
 
 // outcome is what a run measured.
@@ -172,6 +176,11 @@ func runLoad(ctx context.Context, t target, o options) (*outcome, error) {
 	fmt.Fprintf(o.Log, "preparing the first renewal request of each user\n")
 	if err := g.prepare(ctx, users, true); err != nil {
 		return nil, err
+	}
+	if o.BeforeWindow != nil {
+		if err := o.BeforeWindow(ctx); err != nil {
+			return nil, err
+		}
 	}
 	fmt.Fprintf(o.Log, "sending %d renewals over %d connections (timed)\n", o.Renewals, o.Concurrency)
 	w := &window{pid: o.DaemonPID, profile: o.CPUProfile}

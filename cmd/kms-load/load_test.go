@@ -314,9 +314,19 @@ func TestNewReport(t *testing.T) {
 	o := &outcome{Renewals: 4, Elapsed: 2 * time.Second, Latencies: []time.Duration{4, 1, 3, 2},
 		CPU: cpuWindow{Start: cpuSample{at: t0, self: time.Second, daemon: 5 * time.Second, daemonOK: true},
 			End: cpuSample{at: t0.Add(2 * time.Second), self: 1200 * time.Millisecond, daemon: 8 * time.Second, daemonOK: true}}}
-	r := newReport(o, options{Users: 2, Concurrency: 1}, "keys", 2, 300, 100)
+	r := newReport(o, options{Users: 2, Concurrency: 1}, "keys", 2, 100, 200)
 	if r.PerSecond != 2 || r.Bound != 100 || r.Ratio != 0.02 {
-		t.Fatalf("rate %v, bound %v, ratio %v; want 2, 100 (mean of 300 and 100, halved), 0.02", r.PerSecond, r.Bound, r.Ratio)
+		t.Fatalf("rate %v, bound %v, ratio %v; want 2, 100 (the faster of 100 and 200, halved), 0.02", r.PerSecond, r.Bound, r.Ratio)
+	}
+	var text strings.Builder
+	r.print(&text)
+	if !strings.Contains(text.String(), "warning:") {
+		t.Errorf("signing rates 100 and 200 without a warning:\n%s", text.String())
+	}
+	text.Reset()
+	newReport(o, options{}, "keys", 2, 195, 200).print(&text)
+	if strings.Contains(text.String(), "warning:") {
+		t.Errorf("signing rates 195 and 200 with a warning:\n%s", text.String())
 	}
 	if r.LoadCPU != (cpuUse{Seconds: 0.2, Cores: 0.1, MsPerRenewal: 50}) {
 		t.Errorf("kms-load CPU %+v, want 0.2 s, 0.1 cores, 50 ms a renewal", r.LoadCPU)

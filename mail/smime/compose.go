@@ -89,6 +89,7 @@ func Compose(m Message, s Signer) ([]byte, error) {
 	h.SetAddressList("From", []*mail.Address{&m.From})
 
 	var b bytes.Buffer
+	b.Grow(1024 + len(inner) + base64Len(len(sig)))
 	if err := textproto.WriteHeader(&b, h.Header.Header); err != nil {
 		return nil, fmt.Errorf("smime: writing header: %w", err)
 	}
@@ -160,6 +161,7 @@ func (m *Message) innerEntity() ([]byte, error) {
 		return nil, err
 	}
 	var b bytes.Buffer
+	b.Grow(512 + text.Len() + base64Len(len(p7c)))
 	b.WriteString("Content-Type: multipart/mixed; boundary=\"" + boundary + "\"\r\n\r\n")
 	b.WriteString("--" + boundary + "\r\n")
 	b.Write(text.Bytes())
@@ -185,10 +187,25 @@ func newBoundary() (string, error) {
 
 // writeBase64 writes b in base64 lines of 76 characters, each ending CRLF.
 func writeBase64(w *bytes.Buffer, b []byte) {
-	enc := base64.StdEncoding.EncodeToString(b)
-	for len(enc) > 76 {
-		w.WriteString(enc[:76] + "\r\n")
-		enc = enc[76:]
+	const lineBytes = 57 // 76 base64 characters
+	w.Grow(base64Len(len(b)))
+	if len(b) == 0 {
+		w.WriteString("\r\n")
+		return
 	}
-	w.WriteString(enc + "\r\n")
+	var line [78]byte
+	for len(b) > 0 {
+		n := min(len(b), lineBytes)
+		k := base64.StdEncoding.EncodedLen(n)
+		base64.StdEncoding.Encode(line[:k], b[:n])
+		line[k], line[k+1] = '\r', '\n'
+		w.Write(line[:k+2])
+		b = b[n:]
+	}
+}
+
+// base64Len is the length writeBase64 writes for n bytes.
+func base64Len(n int) int {
+	lines := max((n+56)/57, 1)
+	return base64.StdEncoding.EncodedLen(n) + 2*lines
 }

@@ -3,6 +3,7 @@ package smime
 import (
 	"bytes"
 	"crypto/x509"
+	"encoding/base64"
 	"net/mail"
 	"os"
 	"path/filepath"
@@ -241,5 +242,31 @@ func TestComposeRequiresMatchingKey(t *testing.T) {
 	}
 	if _, err := Compose(testMessage(), Signer{}); err == nil {
 		t.Error("empty Signer accepted")
+	}
+}
+
+// TestWriteBase64: 76-character lines, each ending CRLF, the last one
+// short, and exactly as long as base64Len says.
+func TestWriteBase64(t *testing.T) {
+	for _, n := range []int{0, 1, 2, 56, 57, 58, 113, 114, 115, 1000} {
+		data := make([]byte, n)
+		for i := range data {
+			data[i] = byte(i * 7)
+		}
+		var b bytes.Buffer
+		writeBase64(&b, data)
+		enc := base64.StdEncoding.EncodeToString(data)
+		var want strings.Builder
+		for len(enc) > 76 {
+			want.WriteString(enc[:76] + "\r\n")
+			enc = enc[76:]
+		}
+		want.WriteString(enc + "\r\n")
+		if b.String() != want.String() {
+			t.Errorf("%d bytes: got %q, want %q", n, b.String(), want.String())
+		}
+		if b.Len() != base64Len(n) {
+			t.Errorf("%d bytes: wrote %d, base64Len says %d", n, b.Len(), base64Len(n))
+		}
 	}
 }

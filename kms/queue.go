@@ -272,3 +272,28 @@ func (s *Service) RefuseInbound(ctx context.Context, id int64, reply *Reply, out
 		return err
 	})
 }
+
+// ReleaseClaims gives back every claim on pending inbound and outbox rows,
+// so that they are processed at once instead of when their lease runs out.
+// It is only safe when no other process uses the store: the daemon calls
+// it at start-up on SQLite, whose store it holds a lock on. It returns how
+// many rows it released.
+func (s *Store) ReleaseClaims(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		n = 0
+		for _, table := range []string{"inbound", "outbox"} {
+			res, err := tx.ExecContext(ctx, `UPDATE `+table+` SET claimed_until = 0 WHERE state = 'pending' AND claimed_until > 0`)
+			if err != nil {
+				return err
+			}
+			k, err := res.RowsAffected()
+			if err != nil {
+				return err
+			}
+			n += k
+		}
+		return nil
+	})
+	return n, err
+}

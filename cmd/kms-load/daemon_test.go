@@ -47,6 +47,9 @@ type daemonOptions struct {
 	// Wrap, when set, wraps the transport: a test's way to alter the
 	// daemon's replies on their way out.
 	Wrap func(mail.Transport) mail.Transport
+	// WrapListener, when set, wraps the SMTP listener: a test's way to
+	// cut the daemon's connections at a chosen moment.
+	WrapListener func(net.Listener) net.Listener
 }
 
 // startDaemon runs a daemon until the test ends.
@@ -119,6 +122,9 @@ func startDaemon(t testing.TB, o daemonOptions) *testDaemon {
 		t.Fatal(err)
 	}
 	d.smtpAddr = smtpLn.Addr().String()
+	if o.WrapListener != nil {
+		smtpLn = o.WrapListener(smtpLn)
+	}
 	token, err := admin.EnsureToken(filepath.Join(dir, admin.TokenFile))
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/smtp"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,6 +58,17 @@ type options struct {
 	// before the clock starts: the signing rate is measured there, with
 	// the daemon idle and nothing else of the run left to do.
 	BeforeWindow func(context.Context) error
+	// Progress, when set, is called each time a request completes (its
+	// 250 and its reply both in), with the phase (renewals or the
+	// enrollment) and how many of its requests are complete of how many.
+	// It runs with the generator's lock held and must not block: the
+	// crash test uses it to signal the goroutine that kills the daemon.
+	Progress func(renewal bool, done, want int)
+	// Settle, when set, runs after the renewals are verified and before
+	// the replies received more than once are checked: it waits until the
+	// daemon has nothing left to deliver, so that a redelivery that comes
+	// after the last request completed is checked too.
+	Settle func(context.Context) error
 }
 
 // outcome is what a run measured.
@@ -65,6 +77,14 @@ type outcome struct {
 	Elapsed   time.Duration   // the timed window: the first renewal sent to the last reply in
 	Latencies []time.Duration // per renewal: the SMTP 250 to the reply's arrival
 	Enrolled  int
+	// Retries counts SMTP transactions tried again after a failure (the
+	// connection refused or cut, a 4xx): 0 unless the daemon failed or
+	// restarted during the run.
+	Retries int
+	// Redeliveries counts replies received more than once, every copy
+	// with the same Message-ID and certificate (the relay's at least
+	// once across a crash).
+	Redeliveries int
 	// CPU is the CPU time used during the timed window.
 	CPU cpuWindow
 }
@@ -95,6 +115,9 @@ type request struct {
 	arrived time.Time         // the reply's arrival
 	claimed bool              // a reply is being matched to it
 	reply   *reply            // the reply, verified only after the phase
+	copies  []*reply          // further replies to it: redeliveries, or a doubled effect
+	// verified is the new certificate of the reply, once verified.
+	verified *x509.Certificate
 	// cert is the new certificate, taken from the reply during the phase
 	// (without verification) when the user signs another request with it.
 	cert *x509.Certificate
@@ -113,10 +136,12 @@ type generator struct {
 	done      chan struct{}
 	abort     chan struct{} // closed on the first failure found while matching
 	failure   error
-	pending   map[string]*request // by Message-ID, without angle brackets
+	byID      map[string]*request // every request of the run, by Message-ID without angle brackets
+	all       []*request          // every request of the run, in the order sent
 	reqs      []*request          // the current phase's requests
 	want      int                 // replies the current phase waits for
 	got       int
+	retries   int // SMTP transactions tried again
 	latencies []time.Duration
 	last      time.Time // the last renewal reply's arrival
 }
@@ -141,7 +166,7 @@ func runLoad(ctx context.Context, t target, o options) (*outcome, error) {
 	defer cancel()
 	var id [4]byte
 	rand.Read(id[:])
-	g := &generator{t: t, o: o, runID: hex.EncodeToString(id[:]), pending: map[string]*request{}, ours: map[string]bool{},
+	g := &generator{t: t, o: o, runID: hex.EncodeToString(id[:]), byID: map[string]*request{}, ours: map[string]bool{},
 		abort: make(chan struct{})}
 	if t.Sink != nil {
 		t.Sink.setHandler(g.fromSink)
@@ -198,6 +223,17 @@ func runLoad(ctx context.Context, t target, o options) (*outcome, error) {
 		return nil, fmt.Errorf("renewals: %w", err)
 	}
 	out.Renewals = n
+	if o.Settle != nil {
+		if err := o.Settle(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if out.Redeliveries, err = g.verifyCopies(); err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	out.Retries = g.retries
+	g.mu.Unlock()
 	return out, nil
 }
 
@@ -313,21 +349,21 @@ func (g *generator) phase(ctx context.Context, users []*user, renewal bool, w *w
 	if total == 0 {
 		return nil
 	}
+	// The connections open before the clock starts, and a daemon that
+	// refuses them now is misconfigured rather than restarting: no retry.
+	// Each sender owns its connection from here on, and closes it.
 	conns := make([]*smtp.Client, 0, g.o.Concurrency)
 	defer func() {
-		for _, c := range conns {
-			c.Quit()
+		for _, c := range conns { // those no sender took: the phase failed first
+			c.Close()
 		}
 	}()
 	for range g.o.Concurrency {
-		c, err := smtp.Dial(g.t.SMTPAddr)
+		c, err := g.dial()
 		if err != nil {
-			return fmt.Errorf("SMTP connect %s: %w", g.t.SMTPAddr, err)
+			return err
 		}
 		conns = append(conns, c)
-		if err := c.Hello("kms-load.localhost"); err != nil {
-			return fmt.Errorf("SMTP EHLO: %w", err)
-		}
 	}
 	for _, u := range users {
 		if u.left > 0 {
@@ -340,6 +376,7 @@ func (g *generator) phase(ctx context.Context, users []*user, renewal bool, w *w
 		}
 		defer w.finish()
 	}
+	run := ctx
 	eg, ctx := errgroup.WithContext(ctx)
 	eg.Go(func() error {
 		select {
@@ -360,6 +397,7 @@ func (g *generator) phase(ctx context.Context, users []*user, renewal bool, w *w
 	for _, c := range conns {
 		eg.Go(func() error { return g.send(ctx, c, ready, renewal) })
 	}
+	conns = nil
 	err := eg.Wait()
 	if errors.Is(err, errPhaseDone) {
 		return nil
@@ -367,9 +405,44 @@ func (g *generator) phase(ctx context.Context, users []*user, renewal bool, w *w
 	if err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		g.mu.Lock()
 		defer g.mu.Unlock()
-		return fmt.Errorf("%d of %d replies after --timeout %s: %w", g.got, g.want, g.o.Timeout, context.DeadlineExceeded)
+		if errors.Is(run.Err(), context.Canceled) {
+			return fmt.Errorf("%d of %d replies when the run was interrupted: %w%s", g.got, g.want, context.Canceled, g.outstanding())
+		}
+		return fmt.Errorf("%d of %d replies after --timeout %s: %w%s", g.got, g.want, g.o.Timeout, context.DeadlineExceeded, g.outstanding())
 	}
 	return err
+}
+
+// outstanding names the first few requests of the phase that did not
+// complete, and what of them was seen: the evidence of a lost message.
+// g.mu is held.
+func (g *generator) outstanding() string {
+	const shown = 5
+	var b strings.Builder
+	n := 0
+	for _, r := range g.reqs {
+		if !r.sent.IsZero() && r.reply != nil {
+			continue
+		}
+		if n++; n <= shown {
+			fmt.Fprintf(&b, "\n  <%s> from %s: ", r.id, r.u.email)
+			switch {
+			case r.sent.IsZero() && !r.claimed:
+				b.WriteString("no 250, no reply")
+			case r.sent.IsZero():
+				b.WriteString("no 250 (still being sent), a reply")
+			default:
+				b.WriteString("250 seen, no reply")
+			}
+		}
+	}
+	if n > shown {
+		fmt.Fprintf(&b, "\n  and %d more", n-shown)
+	}
+	if len(g.reqs) < g.want {
+		fmt.Fprintf(&b, "\n  and %d not sent yet", g.want-len(g.reqs))
+	}
+	return b.String()
 }
 
 // errPhaseDone ends a phase's goroutines once every reply is in.
@@ -392,65 +465,6 @@ func (g *generator) failed() error {
 	return g.failure
 }
 
-// send is one SMTP connection: it takes ready users and sends each one's
-// next message, several transactions a connection.
-func (g *generator) send(ctx context.Context, c *smtp.Client, ready <-chan *user, renewal bool) error {
-	// net/smtp has no context: closing the connection ends a transaction
-	// that a stuck daemon never answers.
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
-	for {
-		var u *user
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case u = <-ready:
-		}
-		g.mu.Lock()
-		r := u.next
-		u.next = nil
-		if r == nil {
-			r = g.newRequest(u, renewal)
-		}
-		g.pending[r.id] = r
-		g.reqs = append(g.reqs, r)
-		g.mu.Unlock()
-		if r.msg == nil {
-			if err := g.build(r, time.Now()); err != nil {
-				return err
-			}
-		}
-		if err := transaction(c, u.email, g.t.KMSAddress, r.msg); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("SMTP, message from %s: %w", u.email, err)
-		}
-		g.mu.Lock()
-		r.sent = time.Now()
-		g.complete(r)
-		g.mu.Unlock()
-	}
-}
-
-// transaction sends one message on an open connection.
-func transaction(c *smtp.Client, from, to string, msg []byte) error {
-	if err := c.Mail(from); err != nil {
-		return err
-	}
-	if err := c.Rcpt(to); err != nil {
-		return err
-	}
-	w, err := c.Data()
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(msg); err != nil {
-		return err
-	}
-	return w.Close() // returns after the reply to the final dot: the 250
-}
-
 // complete finishes r once both its 250 and its reply are in: it records
 // the latency, gives the user the new certificate and puts them back in
 // line. g.mu is held.
@@ -458,7 +472,6 @@ func (g *generator) complete(r *request) {
 	if r.sent.IsZero() || r.reply == nil {
 		return
 	}
-	delete(g.pending, r.id)
 	u := r.u
 	if r.cert != nil {
 		u.cert = r.cert
@@ -471,6 +484,9 @@ func (g *generator) complete(r *request) {
 		}
 	}
 	g.got++
+	if g.o.Progress != nil {
+		g.o.Progress(r.renewal, g.got, g.want)
+	}
 	if g.got == g.want {
 		close(g.done)
 		return

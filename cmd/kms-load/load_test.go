@@ -67,6 +67,10 @@ func TestLoadInProcess(t *testing.T) {
 	if r.RepliesVia != "the SMTP sink" || !strings.Contains(r.Verified, "after the timed window") {
 		t.Errorf("replies via %q, verified %q; want the sink, after the timed window", r.RepliesVia, r.Verified)
 	}
+	// Nothing failed: no SMTP transaction was sent again, no reply came twice.
+	if r.Retries != 0 || r.Redeliveries != 0 {
+		t.Errorf("%d SMTP retries, %d replies received again in a normal run; want 0 and 0", r.Retries, r.Redeliveries)
+	}
 	// The daemon runs in this process, so only this process's CPU is
 	// known; it did something in the window.
 	if r.KMSCPU != nil || r.LoadCPU.Seconds <= 0 || r.LoadCPU.MsPerRenewal <= 0 {
@@ -311,7 +315,7 @@ func TestPercentile(t *testing.T) {
 
 func TestNewReport(t *testing.T) {
 	t0 := time.Now()
-	o := &outcome{Renewals: 4, Elapsed: 2 * time.Second, Latencies: []time.Duration{4, 1, 3, 2},
+	o := &outcome{Renewals: 4, Elapsed: 2 * time.Second, Latencies: []time.Duration{4, 1, 3, 2}, Retries: 3, Redeliveries: 1,
 		CPU: cpuWindow{Start: cpuSample{at: t0, self: time.Second, daemon: 5 * time.Second, daemonOK: true},
 			End: cpuSample{at: t0.Add(2 * time.Second), self: 1200 * time.Millisecond, daemon: 8 * time.Second, daemonOK: true}}}
 	r := newReport(o, options{Users: 2, Concurrency: 1}, "keys", 2, 100, 200)
@@ -322,6 +326,9 @@ func TestNewReport(t *testing.T) {
 	r.print(&text)
 	if !strings.Contains(text.String(), "warning:") {
 		t.Errorf("signing rates 100 and 200 without a warning:\n%s", text.String())
+	}
+	if r.Retries != 3 || r.Redeliveries != 1 || !strings.Contains(text.String(), "retries:         3 (SMTP transactions sent again after a failure); redeliveries: 1 ") {
+		t.Errorf("retries %d, redeliveries %d; want 3 and 1, in the text too:\n%s", r.Retries, r.Redeliveries, text.String())
 	}
 	text.Reset()
 	newReport(o, options{}, "keys", 2, 195, 200).print(&text)
@@ -420,6 +427,7 @@ func TestSpawn(t *testing.T) {
 	}
 	out := stdout.String()
 	if !strings.Contains(out, "renewals:        2 by 2 users") || !strings.Contains(out, "RSA-2048, RSA-2048") ||
+		!strings.Contains(out, "retries:         0 (SMTP transactions sent again after a failure); redeliveries: 0 ") ||
 		!strings.Contains(out, "2 replies verified after the timed window") || !strings.Contains(out, "CPU, kms:        ") ||
 		strings.Contains(out, "not measured") {
 		t.Fatalf("report:\n%s", out)

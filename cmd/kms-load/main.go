@@ -31,6 +31,22 @@
 //     the CA roots of GET /ca.pem, a new certificate for the user's address
 //     and key. Any reply that fails fails the run (exit 1), naming it.
 //
+// It survives a daemon that fails or restarts during the run as a mail
+// client would, and reports what that took (0 and 0 in a normal run):
+//
+//   - An SMTP transaction that fails with the connection refused or cut,
+//     or with a 4xx, is sent again on a new connection after a short
+//     backoff, until --timeout: the same prepared bytes, never a message
+//     whose 250 was seen. The daemon may have committed a message whose
+//     250 was lost; it recognises the same bytes by their digest and does
+//     not act on them twice. The report counts these retries.
+//   - A request answered more than once is accepted only when every copy
+//     has the same Message-ID and carries the same certificate: the relay
+//     transport delivers at least once, and a daemon that crashed after
+//     the relay's 250 sends the same reply again. The report counts these
+//     redeliveries; a copy with another certificate (the request acted on
+//     twice) or another Message-ID fails the run.
+//
 // The window runs from the first renewal sent to the last reply in. With
 // one renewal per user nothing waits for a reply before sending, so the
 // daemon takes requests in faster than it answers them: the rate is its
@@ -252,7 +268,7 @@ func (f *flags) run(ctx context.Context, stdout, stderr io.Writer) (err error) {
 			}
 		}()
 		f.smtpAddr, f.httpAddr = d.smtpAddr, d.httpAddr
-		f.o.DaemonPID = d.cmd.Process.Pid
+		f.o.DaemonPID = d.pid()
 	}
 	if f.maildir == "" {
 		f.maildir = filepath.Join(f.dataDir, "mail")

@@ -44,18 +44,25 @@ func readHeader(raw []byte) (netmail.Header, error) {
 
 func inReplyTo(h netmail.Header) string { return strings.Trim(h.Get("In-Reply-To"), "<> \t") }
 
-// match pairs rep with the pending request it answers, if any, and
-// completes the request. Nothing is verified here: when the user has
-// another renewal to send, the new certificate is only taken out of the
-// reply (a base64 decode and a certificate parse) to sign it with. A reply
-// to no pending request (an invitation, a duplicate) is ignored.
+// match pairs rep with the request it answers, if any, and completes the
+// request. Nothing is verified here: when the user has another renewal to
+// send, the new certificate is only taken out of the reply (a base64
+// decode and a certificate parse) to sign it with. A reply to a request
+// that has one already is kept as a copy, checked after the run by
+// verifyCopies; a reply to no request of the run (an invitation) is
+// ignored.
 func (g *generator) match(rep *reply, id string) error {
 	if id == "" {
 		return nil
 	}
 	g.mu.Lock()
-	r := g.pending[id]
-	if r == nil || r.claimed {
+	r := g.byID[id]
+	if r == nil {
+		g.mu.Unlock()
+		return nil
+	}
+	if r.claimed {
+		r.copies = append(r.copies, rep)
 		g.mu.Unlock()
 		return nil
 	}
@@ -215,13 +222,24 @@ func (g *generator) verifyPhase() error {
 	close(next)
 	wg.Wait()
 	var failed []error
+	g.mu.Lock()
 	for i, r := range reqs {
 		if errs[i] != nil {
 			failed = append(failed, errs[i])
-		} else if !r.renewal {
+			continue
+		}
+		r.verified = certs[i]
+		if !r.renewal {
 			r.u.cert = certs[i]
 		}
 	}
+	g.mu.Unlock()
+	return joinFailures(failed, fmt.Sprintf("%d of %d replies fail verification:", len(failed), len(reqs)))
+}
+
+// joinFailures is nil for no failures, the one for one, and else head
+// followed by the first few.
+func joinFailures(failed []error, head string) error {
 	switch {
 	case len(failed) == 0:
 		return nil
@@ -229,7 +247,7 @@ func (g *generator) verifyPhase() error {
 		return failed[0]
 	}
 	const shown = 5
-	msg := fmt.Sprintf("%d of %d replies fail verification:", len(failed), len(reqs))
+	msg := head
 	for _, err := range failed[:min(len(failed), shown)] {
 		msg += "\n  " + err.Error()
 	}
@@ -237,6 +255,63 @@ func (g *generator) verifyPhase() error {
 		msg += fmt.Sprintf("\n  and %d more", len(failed)-shown)
 	}
 	return errors.New(msg)
+}
+
+// verifyCopies checks every reply that arrived for a request already
+// answered, once every phase is verified, and returns how many there
+// were. The relay transport delivers at least once: a daemon that crashes
+// after the relay's 250 and before it records the delivery sends the same
+// reply again, with the same Message-ID and the same certificate, which a
+// mail client shows once; that is a redelivery, and counted. A copy with
+// another Message-ID is the request answered twice, and one with another
+// certificate the request acted on twice (two certificates for one
+// request): either fails the run. Copies that arrive after runLoad
+// returns are not seen here.
+func (g *generator) verifyCopies() (int, error) {
+	type copyOf struct {
+		r   *request
+		rep *reply
+	}
+	var todo []copyOf
+	g.mu.Lock()
+	for _, r := range g.all {
+		for _, c := range r.copies {
+			todo = append(todo, copyOf{r, c})
+		}
+	}
+	g.mu.Unlock()
+	var failed []error
+	for _, c := range todo {
+		if err := g.sameReply(c.r, c.rep); err != nil {
+			failed = append(failed, fmt.Errorf("%s: %w", c.r.describe(c.rep), err))
+		}
+	}
+	return len(todo), joinFailures(failed, fmt.Sprintf("%d of %d replies received again are not the same reply:", len(failed), len(todo)))
+}
+
+// sameReply checks that rep, a further reply to r, verifies and is the
+// reply r had first: the same Message-ID, the same new certificate.
+func (g *generator) sameReply(r *request, rep *reply) error {
+	if r.verified == nil {
+		return errors.New("received again, but the first reply was not verified")
+	}
+	cert, err := g.check(r, rep)
+	if err != nil {
+		return fmt.Errorf("received again: %w", err)
+	}
+	if !cert.Equal(r.verified) {
+		return fmt.Errorf("a second, different certificate (serial %x; the first reply's is %x): the request took effect twice",
+			cert.SerialNumber, r.verified.SerialNumber)
+	}
+	first, err1 := readHeader(r.reply.raw)
+	again, err2 := readHeader(rep.raw)
+	if err := errors.Join(err1, err2); err != nil {
+		return err
+	}
+	if a, b := again.Get("Message-ID"), first.Get("Message-ID"); a == "" || a != b {
+		return fmt.Errorf("received again with Message-ID %q (the first reply's is %q): the request was answered twice", a, b)
+	}
+	return nil
 }
 
 // verify checks a reply as a mail client would before trusting it, and
@@ -251,12 +326,17 @@ func (g *generator) verify(r *request) (*x509.Certificate, error) {
 		return nil, fmt.Errorf("request <%s> of %s: no reply", r.id, r.u.email)
 	}
 	c, err := g.check(r, rep)
+	if err == nil && r.cert != nil && !r.cert.Equal(c) {
+		err = errors.New("the certificate taken from it for the next renewal is not the one that verifies")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", r.describe(rep), err)
 	}
 	return c, nil
 }
 
+// check makes verify's checks of one reply to r, the first or one
+// received again, and returns its new certificate.
 func (g *generator) check(r *request, rep *reply) (*x509.Certificate, error) {
 	u := r.u
 	h, err := readHeader(rep.raw)
@@ -301,9 +381,6 @@ func (g *generator) check(r *request, rep *reply) (*x509.Certificate, error) {
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: g.t.Roots, Intermediates: inter, CurrentTime: rep.at,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return nil, fmt.Errorf("the new certificate does not chain to the CA roots: %w", err)
-	}
-	if r.cert != nil && !r.cert.Equal(cert) {
-		return nil, errors.New("the certificate taken from it for the next renewal is not the one that verifies")
 	}
 	return cert, nil
 }

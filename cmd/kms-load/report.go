@@ -63,15 +63,20 @@ func signRate(ctx context.Context, keys []crypto.Signer, workers int, d time.Dur
 
 // report is the result of a run, as printed.
 type report struct {
-	Renewals       int     `json:"renewals"` // replies received and then verified
-	Users          int     `json:"users"`
-	Concurrency    int     `json:"concurrency"`
-	Seconds        float64 `json:"seconds"` // the timed window
-	PerSecond      float64 `json:"renewals_per_second"`
-	P50ms          float64 `json:"p50_ms"`
-	P99ms          float64 `json:"p99_ms"`
-	RepliesVia     string  `json:"replies_via"`
-	Verified       string  `json:"verified"`
+	Renewals    int     `json:"renewals"` // replies received and then verified
+	Users       int     `json:"users"`
+	Concurrency int     `json:"concurrency"`
+	Seconds     float64 `json:"seconds"` // the timed window
+	PerSecond   float64 `json:"renewals_per_second"`
+	P50ms       float64 `json:"p50_ms"`
+	P99ms       float64 `json:"p99_ms"`
+	RepliesVia  string  `json:"replies_via"`
+	Verified    string  `json:"verified"`
+	// Retries counts SMTP transactions sent again after a failure;
+	// Redeliveries, replies received again (same Message-ID and
+	// certificate). Both are 0 unless the daemon failed during the run.
+	Retries        int     `json:"smtp_retries"`
+	Redeliveries   int     `json:"redeliveries"`
 	SignKeys       string  `json:"sign_keys"`
 	SignWorkers    int     `json:"sign_workers"`
 	SignRateBefore float64 `json:"sign_rate_before"`
@@ -123,7 +128,8 @@ func newReport(o *outcome, opt options, keys string, workers int, before, after 
 	slices.Sort(lat)
 	r := report{Renewals: o.Renewals, Users: opt.Users, Concurrency: opt.Concurrency, Seconds: o.Elapsed.Seconds(),
 		P50ms: ms(percentile(lat, 0.50)), P99ms: ms(percentile(lat, 0.99)), Verified: verifiedAfter,
-		SignKeys: keys, SignWorkers: workers, SignRateBefore: before, SignRateAfter: after}
+		SignKeys: keys, SignWorkers: workers, SignRateBefore: before, SignRateAfter: after,
+		Retries: o.Retries, Redeliveries: o.Redeliveries}
 	if o.Elapsed > 0 {
 		r.PerSecond = float64(o.Renewals) / o.Elapsed.Seconds()
 	}
@@ -153,6 +159,8 @@ func (r report) print(w io.Writer) {
 	fmt.Fprintf(w, "rate:            %.1f renewals/s\n", r.PerSecond)
 	fmt.Fprintf(w, "latency:         p50 %.1f ms, p99 %.1f ms (SMTP 250 to the reply at %s)\n", r.P50ms, r.P99ms, r.RepliesVia)
 	fmt.Fprintf(w, "checks:          %d replies verified %s\n", r.Renewals, r.Verified)
+	fmt.Fprintf(w, "retries:         %d (SMTP transactions sent again after a failure); redeliveries: %d (replies received again, same Message-ID and certificate)\n",
+		r.Retries, r.Redeliveries)
 	fmt.Fprintf(w, "raw signing:     %.0f/s before, %.0f/s after, %d goroutines, with %s\n", r.SignRateBefore, r.SignRateAfter, r.SignWorkers, r.SignKeys)
 	fmt.Fprintf(w, "bound:           %.1f renewals/s (%d signatures a renewal, at the faster of the two signing rates)\n", r.Bound, signaturesPerRenewal)
 	if lo, hi := min(r.SignRateBefore, r.SignRateAfter), max(r.SignRateBefore, r.SignRateAfter); lo < 0.9*hi {

@@ -9,18 +9,26 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 )
 
-// spawned is a `kms serve` this program started for the run.
+// spawned is a `kms serve` this program started for the run. It can be
+// killed (SIGKILL, a crash) and started again on the same configuration,
+// data directory and ports, which is how the crash test proves that the
+// daemon loses and doubles nothing.
 type spawned struct {
-	cmd      *exec.Cmd
-	exited   chan error
-	dataDir  string
-	smtpAddr string
-	httpAddr string
-	logPath  string
+	bin        string // the kms binary
+	configPath string // the configuration every start uses
+	dataDir    string
+	smtpAddr   string
+	httpAddr   string
+	logPath    string // every start's output, appended
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd  // the running process; nil once it is known to have exited
+	exited chan error // receives cmd's exit, once
 }
 
 // spawnOptions say how to start the daemon.
@@ -68,42 +76,98 @@ func spawn(ctx context.Context, o spawnOptions) (*spawned, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &spawned{dataDir: o.DataDir, smtpAddr: smtpAddr, httpAddr: httpAddr, logPath: filepath.Join(o.DataDir, "kms.log"),
-		exited: make(chan error, 1)}
-	logFile, err := os.Create(s.logPath)
-	if err != nil {
+	s := &spawned{bin: bin, configPath: configPath, dataDir: o.DataDir, smtpAddr: smtpAddr, httpAddr: httpAddr,
+		logPath: filepath.Join(o.DataDir, "kms.log")}
+	// The log starts empty; a start after a crash appends to it.
+	if err := os.WriteFile(s.logPath, nil, 0o600); err != nil {
 		return nil, err
 	}
-	s.cmd = exec.Command(bin, "serve", "--config", configPath)
-	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
-	if err := s.cmd.Start(); err != nil {
-		logFile.Close()
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	go func() {
-		s.exited <- s.cmd.Wait()
-		logFile.Close()
-	}()
 	// The first start creates an RSA-4096 root and two RSA-2048 keys,
 	// which takes seconds on a busy machine.
-	deadline := time.Now().Add(3 * time.Minute)
+	if err := s.start(ctx, 3*time.Minute); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// start starts `kms serve` on s's configuration and waits, at most
+// patience, until it answers on HTTP and SMTP. The daemon must not be
+// running.
+func (s *spawned) start(ctx context.Context, patience time.Duration) error {
+	s.mu.Lock()
+	if s.cmd != nil {
+		s.mu.Unlock()
+		return errors.New("kms serve is already running")
+	}
+	logFile, err := os.OpenFile(s.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	cmd := exec.Command(s.bin, "serve", "--config", s.configPath)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		s.mu.Unlock()
+		logFile.Close()
+		return fmt.Errorf("start %s: %w", s.bin, err)
+	}
+	exited := make(chan error, 1)
+	s.cmd, s.exited = cmd, exited
+	s.mu.Unlock()
+	go func() {
+		exited <- cmd.Wait()
+		logFile.Close()
+	}()
+	deadline := time.Now().Add(patience)
 	for {
 		if healthy(s.httpAddr) && listening(s.smtpAddr) {
-			return s, nil
+			return nil
 		}
 		select {
-		case err := <-s.exited:
-			return nil, fmt.Errorf("kms serve exited during start-up (%v); see %s", err, s.logPath)
+		case err := <-exited:
+			s.mu.Lock()
+			s.cmd = nil
+			s.mu.Unlock()
+			return fmt.Errorf("kms serve exited during start-up (%v); see %s", err, s.logPath)
 		case <-ctx.Done():
 			s.stop()
-			return nil, ctx.Err()
+			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			s.stop()
-			return nil, fmt.Errorf("kms serve not ready after 3 minutes; see %s", s.logPath)
+			return fmt.Errorf("kms serve not ready after %s; see %s", patience, s.logPath)
 		}
 	}
+}
+
+// pid is the running daemon's process id, 0 when none runs.
+func (s *spawned) pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
+// kill crashes the daemon: SIGKILL, no shutdown of any kind, as a power
+// cut or the OOM killer would end it. It returns once the process is gone
+// (its listening sockets closed by the kernel), so that start can bring it
+// back on the same ports.
+func (s *spawned) kill() error {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return errors.New("kms serve is not running")
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		return fmt.Errorf("kill kms serve: %w", err)
+	}
+	<-exited
+	return nil
 }
 
 // writeConfig writes the daemon's configuration into o.DataDir and
@@ -151,21 +215,26 @@ log:
 }
 
 // stop ends the daemon gracefully (SIGTERM), or kills it after 15 seconds.
+// A daemon that is not running (killed, or never started) is no error.
 func (s *spawned) stop() error {
-	if s.cmd.Process == nil {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
 		return nil
 	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-s.exited:
+	case err := <-exited:
 		var exit *exec.ExitError
 		if errors.As(err, &exit) {
 			return fmt.Errorf("kms serve: %w; see %s", err, s.logPath)
 		}
 		return nil
 	case <-time.After(15 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exited
+		cmd.Process.Kill()
+		<-exited
 		return fmt.Errorf("kms serve did not stop within 15s of SIGTERM; killed")
 	}
 }

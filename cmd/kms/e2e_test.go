@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -196,4 +197,29 @@ func writeForeignPKI(t *testing.T, dir, email string) (certFile, keyFile, caFile
 		}
 	}
 	return certFile, keyFile, caFile
+}
+
+// TestServeRefusesSecondDaemon: a second `kms serve` on a SQLite store that
+// a running daemon holds stops at start-up with a clear error (the lock
+// file), and touches nothing; once the first has stopped, it starts.
+func TestServeRefusesSecondDaemon(t *testing.T) {
+	dir := t.TempDir()
+	first := newDaemonConfig(t, dir, "")
+	first.start()
+	// The same configuration on other ports: only the store is shared.
+	second := newDaemonConfig(t, dir, "")
+	// Without the lock it would serve: the timeout ends it, and the test fails.
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, second.bin, "serve", "--config", second.config).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "another kms serve is using this store") {
+		t.Fatalf("second daemon: exit %v, output %q: want exit 1 and the lock error", err, out)
+	}
+	if !first.running() {
+		t.Fatal("the first daemon stopped")
+	}
+	if err := first.stop(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	second.start()
 }

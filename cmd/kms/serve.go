@@ -93,11 +93,9 @@ type daemon struct {
 	inbound  *mail.Processor
 	outbox   *mail.Outbox
 	imap     *mail.IMAPFetcher // nil unless imap.addr is set
+	lock     *os.File          // held while a SQLite store is ours; nil for PostgreSQL
 }
 
-// newDaemon creates the data directory, opens the store and the CA
-// (creating them on first run), and binds the listeners, so that a port
-// already in use or a bad key stops start-up with a clear error.
 // daemonGCPercent is the garbage collector's target for the daemon unless
 // GOGC says otherwise. Nearly everything a request allocates (MIME, CMS,
 // SQL rows, the reply) is garbage once it is answered and the live heap is
@@ -113,6 +111,9 @@ func setGCPercent() {
 	}
 }
 
+// newDaemon creates the data directory, opens the store and the CA
+// (creating them on first run), and binds the listeners, so that a port
+// already in use or a bad key stops start-up with a clear error.
 func newDaemon(ctx context.Context, cfg *config.Config, clk clock.Clock, log *slog.Logger) (*daemon, error) {
 	d := &daemon{cfg: cfg, log: log, clock: clk}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -122,9 +123,29 @@ func newDaemon(ctx context.Context, cfg *config.Config, clk clock.Clock, log *sl
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Store.Driver == "sqlite" {
+		// One daemon owns a SQLite store. The lock makes that a fact, which
+		// is what allows releasing the previous run's claims below.
+		if d.lock, err = lockFile(cfg.Store.DSN + ".lock"); err != nil {
+			return nil, err
+		}
+	}
 	d.store, err = kms.OpenStoreWithPassword(ctx, cfg.Store.Driver, cfg.Store.DSN, dbPassword)
 	if err != nil {
+		d.close()
 		return nil, err
+	}
+	if d.lock != nil {
+		// Messages a killed predecessor had claimed would otherwise wait for
+		// their lease (minutes) before anyone took them up again.
+		n, err := d.store.ReleaseClaims(ctx)
+		if err != nil {
+			d.close()
+			return nil, fmt.Errorf("store: releasing the previous run's claims: %w", err)
+		}
+		if n > 0 {
+			log.Warn("took back messages the previous run had claimed and not finished (it did not stop cleanly)", "messages", n)
+		}
 	}
 	passphrase, err := cfg.CAPassphrase()
 	if err != nil {
@@ -357,6 +378,9 @@ func (d *daemon) close() {
 	}
 	if d.store != nil {
 		d.store.Close()
+	}
+	if d.lock != nil {
+		d.lock.Close() // releases the lock
 	}
 }
 

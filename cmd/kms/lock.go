@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 )
 
@@ -13,6 +14,10 @@ import (
 // The lock is flock(2): the kernel drops it when the process dies, however
 // it dies, so a crash never leaves a stale lock behind.
 func lockFile(path string) (*os.File, error) {
+	// The store's directory may not exist yet: the store creates it too.
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("store lock %s: %w", path, err)
+	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("store lock %s: %w", path, err)

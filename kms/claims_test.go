@@ -53,3 +53,33 @@ func TestReleaseClaims(t *testing.T) {
 		}
 	})
 }
+
+// TestReleaseInbound: a message given back at shutdown is claimable at once
+// with its attempt undone; a finished one stays finished.
+func TestReleaseInbound(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e *env) {
+		now := e.clock.Now()
+		for _, raw := range []string{"one", "two"} {
+			if _, _, err := e.store.AcceptInbound(e.ctx, []byte(raw), "ann@example.com", "", now); err != nil {
+				t.Fatal(err)
+			}
+		}
+		in, err := e.store.ClaimInbound(e.ctx, now, time.Hour, 10)
+		if err != nil || len(in) != 2 {
+			t.Fatalf("claim: %d rows, %v", len(in), err)
+		}
+		if err := e.store.FinishInbound(e.ctx, in[0].ID, InboundDone, "test", now); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.store.ReleaseInbound(e.ctx, []int64{in[0].ID, in[1].ID}); err != nil {
+			t.Fatal(err)
+		}
+		again, err := e.store.ClaimInbound(e.ctx, now, time.Hour, 10)
+		if err != nil || len(again) != 1 || again[0].ID != in[1].ID || again[0].Attempts != 1 {
+			t.Fatalf("after release: %+v, %v; want the unfinished message, first attempt", again, err)
+		}
+		if n := e.count(`SELECT COUNT(*) FROM inbound WHERE id = $1 AND state = 'done'`, in[0].ID); n != 1 {
+			t.Fatal("releasing touched a finished message")
+		}
+	})
+}

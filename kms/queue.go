@@ -273,6 +273,22 @@ func (s *Service) RefuseInbound(ctx context.Context, id int64, reply *Reply, out
 	})
 }
 
+// ReleaseInbound gives back claims on messages this process took and did
+// not process (it is shutting down), undoing the attempt the claim
+// counted. Finished messages are not touched.
+func (s *Store) ReleaseInbound(ctx context.Context, ids []int64) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		q := s.q(tx)
+		for _, id := range ids {
+			if _, err := q.ExecContext(ctx, `UPDATE inbound SET claimed_until = 0, attempts = attempts - 1
+				WHERE id = $1 AND state = 'pending' AND attempts > 0`, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // ReleaseClaims gives back every claim on pending inbound and outbox rows,
 // so that they are processed at once instead of when their lease runs out.
 // It is only safe when no other process uses the store: the daemon calls

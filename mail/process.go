@@ -37,6 +37,9 @@ type InboundQueue interface {
 	ClaimInbound(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]kms.Inbound, error)
 	RetryInbound(ctx context.Context, id int64, next time.Time, why string) error
 	FinishInbound(ctx context.Context, id int64, state kms.InboundState, outcome string, now time.Time) error
+	// ReleaseInbound gives back claimed messages that were not processed,
+	// so that they need not wait for their lease.
+	ReleaseInbound(ctx context.Context, ids []int64) error
 	// MailKindOf tells what kms sent with a Message-ID, so that a renewal
 	// answering a reminder is recognised.
 	MailKindOf(ctx context.Context, messageID string) (kms.OutboxKind, error)
@@ -150,10 +153,11 @@ func (p *Processor) Run(ctx context.Context) error {
 				p.opt.Log.Error("inbound: claim failed", "err", err)
 				break
 			}
-			for _, m := range batch {
+			for i, m := range batch {
 				select {
 				case work <- m:
 				case <-ctx.Done():
+					p.release(batch[i:])
 					return nil
 				}
 			}
@@ -174,7 +178,11 @@ func (p *Processor) Run(ctx context.Context) error {
 // is retried with backoff, and a message that keeps failing is set aside.
 func (p *Processor) processOne(ctx context.Context, m kms.Inbound) {
 	err := p.processSafely(ctx, m)
-	if err == nil || ctx.Err() != nil {
+	if err == nil {
+		return
+	}
+	if ctx.Err() != nil {
+		p.release([]kms.Inbound{m}) // cut short by the shutdown
 		return
 	}
 	now := p.opt.Clock.Now()
@@ -190,6 +198,24 @@ func (p *Processor) processOne(ctx context.Context, m kms.Inbound) {
 	p.opt.Log.Warn("inbound: processing failed, will retry", "id", m.ID, "attempt", m.Attempts, "retry_in", backoff, "err", err)
 	if rerr := p.opt.Queue.RetryInbound(ctx, m.ID, now.Add(backoff), err.Error()); rerr != nil {
 		p.opt.Log.Error("inbound: cannot schedule retry", "id", m.ID, "err", rerr)
+	}
+}
+
+// release gives back claimed messages that a shutdown leaves unprocessed.
+// Without it they would wait for their lease after the restart (on
+// PostgreSQL; a SQLite daemon gives back every claim when it starts).
+func (p *Processor) release(ms []kms.Inbound) {
+	if len(ms) == 0 {
+		return
+	}
+	ids := make([]int64, len(ms))
+	for i, m := range ms {
+		ids[i] = m.ID
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.opt.Queue.ReleaseInbound(ctx, ids); err != nil {
+		p.opt.Log.Warn("inbound: cannot give back claimed messages at shutdown; they wait for their lease", "messages", len(ids), "err", err)
 	}
 }
 

@@ -121,11 +121,13 @@ func (r textRenderer) Render(_ context.Context, m kms.OutboxMessage) ([]byte, er
 	return b.Bytes(), nil
 }
 
-// eventually waits (up to 10s) for cond, and fails the test naming what it
-// waited for. It is a synchronisation point, not a timing assertion.
+// eventually waits (up to 30s) for cond, and fails the test naming what it
+// waited for. It is a synchronisation point, not a timing assertion: the
+// bound only keeps a broken test from hanging, and is generous because
+// 10s was seen to run out on a 2-core machine also running a load test.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

@@ -6,6 +6,8 @@ import (
 	"encoding/pem"
 	"io"
 	"net/http"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -40,6 +42,23 @@ func TestMetrics(t *testing.T) {
 		if !strings.Contains(string(a.body), want) {
 			t.Errorf("metrics lack %q:\n%s", want, a.body)
 		}
+	}
+	// The SQLite group commit's counters: enrolling and activating a user
+	// wrote, and a commit carries at least one transaction.
+	counter := func(name string) float64 {
+		m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindSubmatch(a.body)
+		if m == nil {
+			t.Fatalf("metrics lack %s:\n%s", name, a.body)
+		}
+		v, err := strconv.ParseFloat(string(m[1]), 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	commits, txs := counter("kms_sqlite_commits_total"), counter("kms_sqlite_transactions_total")
+	if commits < 1 || txs < commits {
+		t.Errorf("kms_sqlite_commits_total %v, kms_sqlite_transactions_total %v: want at least one commit, and no fewer transactions", commits, txs)
 	}
 }
 

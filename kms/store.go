@@ -159,8 +159,9 @@ func openSQLite(path string) (*sql.DB, error) {
 	// Idle connections are kept: database/sql's default of two idle ones
 	// made the workers close and reopen connections all the time under
 	// load, each reopening running the pragmas, preparing every statement
-	// again and starting with a cold page cache (a fifth of the daemon's
-	// SQLite time in a kms-load profile).
+	// again and starting with a cold page cache. In a kms-load profile SQL
+	// parsing and pragmas were 7.5% of the daemon's CPU before this (and
+	// the signer lookups being prepared), 0.6% after.
 	db.SetMaxIdleConns(maxConns)
 	return db, nil
 }

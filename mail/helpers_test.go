@@ -14,9 +14,10 @@ import (
 	"math/big"
 	"net"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/kmsmail/kms/internal/syncbuf"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -137,22 +138,7 @@ func eventually(t testing.TB, what string, cond func() bool) {
 }
 
 // syncBuffer is a bytes.Buffer safe for a logger used from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 // fakeClock is the fake clock the tests share the type of.
 func fakeClock() *clock.Fake { return clock.NewFake(t0) }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -16,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/kmsmail/kms/internal/syncbuf"
 
 	_ "modernc.org/sqlite" // the daemon's store, read directly
 )
@@ -369,19 +370,4 @@ func checkStore(t *testing.T, path string, users int) {
 }
 
 // syncBuffer is a log that goroutines share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return strings.Clone(s.b.String())
-}
+type syncBuffer = syncbuf.Buffer

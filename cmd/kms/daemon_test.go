@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kmsmail/kms/internal/syncbuf"
 )
 
 // This file runs the real binary: `go build` once per test run, then
@@ -60,22 +62,7 @@ func freeAddr(t testing.TB) string {
 }
 
 // syncBuffer collects a child's output safely while it runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 // daemonProc is a running `kms serve`.
 type daemonProc struct {

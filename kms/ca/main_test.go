@@ -1,7 +1,6 @@
 package ca
 
 import (
-	"bytes"
 	"crypto"
 	"fmt"
 	"io"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kmsmail/kms/internal/syncbuf"
 
 	"github.com/kmsmail/kms/policy"
 )
@@ -132,22 +133,7 @@ func bufLog() (*slog.Logger, *syncBuffer) {
 	return slog.New(slog.NewTextHandler(b, nil)), b
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 // issue is Issue for tests: a one-year certificate from testNow.
 func issue(tb testing.TB, a *Authority, email string, pub crypto.PublicKey) []byte {

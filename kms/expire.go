@@ -63,6 +63,7 @@ func (s *Service) expireOne(ctx context.Context, serial string, now time.Time) (
 	lapsed := false
 	var email string
 	err := s.store.tx(ctx, func(tx *sql.Tx) error {
+		lapsed = false // the transaction may run again
 		c, err := s.store.certBySerial(ctx, tx, serial, true)
 		if err != nil {
 			return err

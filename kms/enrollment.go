@@ -29,6 +29,9 @@ func (s *Service) Enroll(ctx context.Context, addr, name, actor string) (*Enroll
 	expires := pol.Enrollment.CodeTTL.AddTo(now)
 	action := "enroll"
 	err = s.store.tx(ctx, func(tx *sql.Tx) error {
+		// The transaction may run again: it starts from the caller's values.
+		action = "enroll"
+		name := name
 		u, err := s.store.userByEmail(ctx, tx, email, true)
 		switch {
 		case errors.Is(err, ErrNotFound):
@@ -110,6 +113,7 @@ func (s *Service) EnrollByCode(ctx context.Context, addr, code string, pub crypt
 		return nil, err
 	}
 	row := newCertRow(cert, u.ID, now, now)
+	reply := s.reserveReply()
 	err = s.store.tx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE enrollment_codes SET state = 'used', used_at = $1 WHERE id = $2 AND state = 'outstanding'`, ms(now), codeID)
 		if err := oneRow(res, err, "enrollment code already used"); err != nil {
@@ -119,8 +123,9 @@ func (s *Service) EnrollByCode(ctx context.Context, addr, code string, pub crypt
 		if err := oneRow(res, err, "user no longer invited"); err != nil {
 			return err
 		}
-		return s.recordIssue(ctx, tx, row, "enrollment", req, pol, now)
+		return s.recordIssue(ctx, tx, row, cert, &reply, "enrollment", req, pol, now)
 	})
+	s.settleReply(&reply, err == nil)
 	if err != nil {
 		return nil, s.refused(ctx, req.Actor, "enroll-by-mail", email, "", err)
 	}

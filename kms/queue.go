@@ -3,6 +3,7 @@ package kms
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -34,6 +35,7 @@ type Inbound struct {
 func (s *Store) AcceptInbound(ctx context.Context, raw []byte, mailFrom, remoteAddr string, now time.Time) (id int64, duplicate bool, err error) {
 	digest := sha256.Sum256(raw)
 	err = s.tx(ctx, func(tx *sql.Tx) error {
+		duplicate = false // the transaction may run again
 		q := s.q(tx)
 		// The insert is tried first: a duplicate is the rare case.
 		err := q.QueryRowContext(ctx, `INSERT INTO inbound (digest, mail_from, remote_addr, state, received_at, next_attempt_at)
@@ -137,6 +139,10 @@ type OutboxMessage struct {
 	Payload   OutboxPayload
 	Attempts  int
 	CreatedAt time.Time
+	// Issued is the certificate a certificate reply carries, when the
+	// reply was handed over in memory (see Handoff); nil when the row was
+	// claimed from the table, and the renderer reads it from the store.
+	Issued *x509.Certificate
 }
 
 // ClaimOutbox leases up to limit mails that are due.
@@ -249,6 +255,7 @@ func (s *Service) RefuseInbound(ctx context.Context, id int64, reply *Reply, out
 		}
 	}()
 	return s.store.tx(ctx, func(tx *sql.Tx) error {
+		queued = false // the transaction may run again
 		if err := finishInbound(ctx, tx, id, InboundRefused, outcome, now); err != nil {
 			return err
 		}
@@ -281,6 +288,22 @@ func (s *Store) ReleaseInbound(ctx context.Context, ids []int64) error {
 		q := s.q(tx)
 		for _, id := range ids {
 			if _, err := q.ExecContext(ctx, `UPDATE inbound SET claimed_until = 0, attempts = attempts - 1
+				WHERE id = $1 AND state = 'pending' AND attempts > 0`, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// ReleaseOutbox gives back claims on mails that a delivery worker took
+// and did not deliver (it is shutting down), undoing the attempt the
+// claim counted. Sent and failed mails are not touched.
+func (s *Store) ReleaseOutbox(ctx context.Context, ids []int64) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		q := s.q(tx)
+		for _, id := range ids {
+			if _, err := q.ExecContext(ctx, `UPDATE outbox SET claimed_until = 0, attempts = attempts - 1
 				WHERE id = $1 AND state = 'pending' AND attempts > 0`, id); err != nil {
 				return err
 			}

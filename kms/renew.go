@@ -82,6 +82,7 @@ func (s *Service) renew(ctx context.Context, serial string, newKey crypto.Public
 	if newKey != nil && string(row.keyHash) == string(old.keyHash) {
 		row.KeySince = old.KeySince // a "rekey" to the same key is a renewal
 	}
+	reply := s.reserveReply()
 	err = s.store.tx(ctx, func(tx *sql.Tx) error {
 		// The predecessor must still be current and its owner still
 		// active: one statement checks both and supersedes it.
@@ -91,8 +92,9 @@ func (s *Service) renew(ctx context.Context, serial string, newKey crypto.Public
 		if err := oneRow(res, err, "certificate "+serial+" is no longer current, or its user no longer active"); err != nil {
 			return err
 		}
-		return s.recordIssue(ctx, tx, row, op, req, pol, now)
+		return s.recordIssue(ctx, tx, row, cert, &reply, op, req, pol, now)
 	})
+	s.settleReply(&reply, err == nil)
 	if err != nil {
 		return nil, s.refused(ctx, req.Actor, op, u.Email, serial, err)
 	}
@@ -150,8 +152,11 @@ func newCertRow(cert *x509.Certificate, userID int64, now, keySince time.Time) *
 }
 
 // recordIssue writes a new current certificate with its first reminder, the
-// certificate reply, the replay record and the audit record.
-func (s *Service) recordIssue(ctx context.Context, tx *sql.Tx, row *certRow, op string, req Request, pol policy.Policy, now time.Time) error {
+// certificate reply, the replay record and the audit record. With a
+// reservation in reply, the reply is queued claimed and kept in reply.msg,
+// to be handed over once the transaction commits.
+func (s *Service) recordIssue(ctx context.Context, tx *sql.Tx, row *certRow, cert *x509.Certificate, reply *replyClaim, op string, req Request, pol policy.Policy, now time.Time) error {
+	reply.msg = nil // the transaction may run again
 	var next *time.Time
 	if due, ok := pol.Reminders.Next(row.NotBefore, row.NotAfter, time.Time{}); ok {
 		next = &due
@@ -173,8 +178,15 @@ func (s *Service) recordIssue(ctx context.Context, tx *sql.Tx, row *certRow, op 
 	if err := finishInbound(ctx, q, req.InboundID, InboundDone, op+" "+row.Serial, now); err != nil {
 		return err
 	}
-	if err := s.store.insertOutbox(ctx, tx, outboxMail{Kind: MailCertificate, To: row.Email, InReplyTo: req.MessageID,
-		Payload: OutboxPayload{Email: row.Email, Serial: row.Serial, NotAfter: row.NotAfter, Operation: op, Subject: req.Subject}}, s.msgDom, now); err != nil {
+	mail := outboxMail{Kind: MailCertificate, To: row.Email, InReplyTo: req.MessageID,
+		Payload: OutboxPayload{Email: row.Email, Serial: row.Serial, NotAfter: row.NotAfter, Operation: op, Subject: req.Subject}}
+	if reply.lease > 0 {
+		m, err := s.store.insertClaimedOutbox(ctx, tx, mail, cert, s.msgDom, now, reply.lease)
+		if err != nil {
+			return err
+		}
+		reply.msg = m
+	} else if err := s.store.insertOutbox(ctx, tx, mail, s.msgDom, now); err != nil {
 		return err
 	}
 	detail := "not_after " + row.NotAfter.Format(time.RFC3339)

@@ -58,6 +58,7 @@ type Service struct {
 	log       *slog.Logger
 	metrics   *Metrics
 	queued    func()
+	handoff   Handoff // nil: replies are claimed from the outbox table
 }
 
 // New builds a Service.

@@ -106,6 +106,7 @@ func newE2EDaemon(t *testing.T) *e2eDaemon {
 	if err != nil {
 		t.Fatal(err)
 	}
+	d.svc.SetHandoff(d.outbox) // as cmd/kms does
 	d.smtp, err = NewServer(ServerConfig{Hostname: "kms.example.com", Address: kmsAddr, MaxMessageBytes: d.maxBytes,
 		Store: d.store, Clock: d.clock, Log: log, Notify: d.proc.Notify, Registerer: reg})
 	if err != nil {

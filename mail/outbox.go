@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +23,9 @@ type OutboxStore interface {
 	MarkSent(ctx context.Context, id int64, now time.Time) error
 	RetryOutbox(ctx context.Context, id int64, next time.Time, why string) error
 	FailOutbox(ctx context.Context, id int64, why string, now time.Time) error
+	// ReleaseOutbox gives back claims on mails handed over in memory that
+	// the worker stopped before delivering.
+	ReleaseOutbox(ctx context.Context, ids []int64) error
 }
 
 // OutboxConfig configures an Outbox. Zero values of the tuning fields take
@@ -63,10 +67,23 @@ type Outbox struct {
 	limit     *limiter
 	notify    chan struct{}
 	m         outboxMetrics
+
+	// direct holds mails handed over by the transaction that queued them
+	// (kms.Handoff), already claimed; reserved counts the room promised to
+	// Reserve calls and not yet taken back out of direct.
+	direct   chan kms.OutboxMessage
+	reserved atomic.Int64
+	mu       sync.Mutex // orders Deliver against the drain at the end of Run
+	stopped  bool
 }
+
+// handoffRoom is how many handed-over mails may wait in memory. Each is a
+// few kilobytes; beyond it, mail waits in the table to be claimed.
+const handoffRoom = 1024
 
 type outboxMetrics struct {
 	sent, retried, rateLimited prometheus.Counter
+	handedOver                 prometheus.Counter
 	failed                     *prometheus.CounterVec
 	latency                    prometheus.Histogram
 }
@@ -92,7 +109,7 @@ func NewOutbox(cfg OutboxConfig) (*Outbox, error) {
 	}
 	o := &Outbox{store: cfg.Store, render: cfg.Renderer, transport: cfg.Transport, clock: cfg.Clock, log: cfg.Log,
 		from: cfg.From, admin: cfg.Admin, retryFor: cfg.RetryFor, poll: cfg.PollInterval, batch: cfg.BatchSize,
-		lease: cfg.Lease, workers: cfg.Workers, notify: make(chan struct{}, 1)}
+		lease: cfg.Lease, workers: cfg.Workers, notify: make(chan struct{}, 1), direct: make(chan kms.OutboxMessage, handoffRoom)}
 	if o.clock == nil {
 		o.clock = clock.System{}
 	}
@@ -118,12 +135,14 @@ func NewOutbox(cfg OutboxConfig) (*Outbox, error) {
 			Help: "Time from queueing to delivery.", Buckets: prometheus.ExponentialBuckets(1, 4, 10)}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "kms_outbox_rate_limited_total",
 			Help: "Times delivery waited for the relay.rate cap."}),
+		handedOver: prometheus.NewCounter(prometheus.CounterOpts{Name: "kms_outbox_handed_over_total",
+			Help: "Mails handed to delivery in memory by the transaction that queued them, instead of claimed from the outbox table."}),
 	}
 	for _, r := range []string{failPermanent, failExpired, failRender} {
 		o.m.failed.WithLabelValues(r)
 	}
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{o.m.sent, o.m.retried, o.m.failed, o.m.latency, o.m.rateLimited} {
+		for _, c := range []prometheus.Collector{o.m.sent, o.m.retried, o.m.failed, o.m.latency, o.m.rateLimited, o.m.handedOver} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("outbox: register metrics: %w", err)
 			}
@@ -148,6 +167,63 @@ func (o *Outbox) Notify() {
 	}
 }
 
+// Reserve implements kms.Handoff: it promises room in memory for one mail,
+// claimed for the worker's lease.
+func (o *Outbox) Reserve() (time.Duration, bool) {
+	if o.reserved.Add(1) > handoffRoom {
+		o.reserved.Add(-1)
+		return 0, false
+	}
+	return o.lease, true
+}
+
+// Cancel implements kms.Handoff: it gives back an unused reservation.
+func (o *Outbox) Cancel() { o.reserved.Add(-1) }
+
+// Deliver implements kms.Handoff: it takes a committed, claimed mail for
+// delivery. A reservation guarantees room, so it does not block. After Run
+// has ended, the claim is given back instead, so that the mail need not
+// wait for its lease.
+func (o *Outbox) Deliver(m kms.OutboxMessage) {
+	o.mu.Lock()
+	if o.stopped {
+		o.mu.Unlock()
+		o.reserved.Add(-1)
+		o.releaseClaims([]int64{m.ID})
+		return
+	}
+	o.direct <- m
+	o.mu.Unlock()
+	o.Notify()
+}
+
+// drainDirect ends the hand-over at the end of Run: mails still waiting in
+// memory are given back to the table.
+func (o *Outbox) drainDirect() {
+	o.mu.Lock()
+	o.stopped = true
+	var ids []int64
+	for len(o.direct) > 0 {
+		m := <-o.direct
+		o.reserved.Add(-1)
+		ids = append(ids, m.ID)
+	}
+	o.mu.Unlock()
+	o.releaseClaims(ids)
+}
+
+// releaseClaims gives back claims on mails this worker will not deliver.
+func (o *Outbox) releaseClaims(ids []int64) {
+	if len(ids) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	if err := o.store.ReleaseOutbox(ctx, ids); err != nil {
+		o.log.Warn("outbox: cannot give back mails handed over and not delivered; they wait for their lease", "mails", len(ids), "err", err)
+	}
+}
+
 // DeliveryKey identifies a queued mail across delivery attempts: the row id
 // and a hash of its Message-ID, which together cannot collide even if a
 // database is restored and ids are reused. It is what Maildir names files
@@ -166,6 +242,7 @@ func (o *Outbox) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer func() {
 		wg.Wait()
+		o.drainDirect()
 		// Sessions a transport keeps open between messages end with the
 		// worker.
 		if c, ok := o.transport.(interface{ Close() }); ok {
@@ -178,12 +255,36 @@ func (o *Outbox) Run(ctx context.Context) error {
 			<-busy
 		}
 	}
+	handed := 0 // hand-overs since the last claim from the table
 	for ctx.Err() == nil {
 		select {
 		case busy <- struct{}{}:
 		case <-ctx.Done():
 			return nil
 		}
+		// Mail handed over in memory goes first; a claim from the table
+		// still runs after at most a batch of them, so that retries and
+		// other mail are not starved by a stream of replies.
+		if handed < o.batch {
+			select {
+			case m := <-o.direct:
+				o.reserved.Add(-1)
+				if _, err := o.limit.take(ctx, 1, o.m.rateLimited.Inc); err != nil {
+					release(1)
+					o.releaseClaims([]int64{m.ID})
+					return nil
+				}
+				handed++
+				o.m.handedOver.Inc()
+				wg.Go(func() {
+					defer release(1)
+					o.deliver(ctx, m)
+				})
+				continue
+			default:
+			}
+		}
+		handed = 0
 		k := 1
 	more:
 		for k < o.batch {
@@ -228,6 +329,9 @@ func (o *Outbox) Run(ctx context.Context) error {
 
 // idle waits for Notify, the poll interval or the end of ctx.
 func (o *Outbox) idle(ctx context.Context) {
+	if len(o.direct) > 0 {
+		return // Deliver notifies after its send, so a later one wakes us
+	}
 	t := time.NewTimer(o.poll)
 	defer t.Stop()
 	select {

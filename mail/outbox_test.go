@@ -472,3 +472,92 @@ func TestOutboxShutdownFinishesDeliveriesInFlight(t *testing.T) {
 		t.Fatalf("after shutdown: row %+v, relay got %d; want the delivery finished and recorded", r, len(relay.received()))
 	}
 }
+
+// handOver claims mail id the way the issuing transaction does when it
+// hands a reply over (kms.Handoff), and returns the row as handed over.
+func (e *outEnv) handOver(t testing.TB, id int64, lease time.Duration) kms.OutboxMessage {
+	t.Helper()
+	if _, err := e.db.Exec(`UPDATE outbox SET claimed_until = $1, attempts = 1 WHERE id = $2`,
+		e.clock.Now().Add(lease).UnixMilli(), id); err != nil {
+		t.Fatal(err)
+	}
+	var m kms.OutboxMessage
+	var kind string
+	if err := e.db.QueryRow(`SELECT kind, recipient, message_id, in_reply_to FROM outbox WHERE id = $1`, id).
+		Scan(&kind, &m.To, &m.MessageID, &m.InReplyTo); err != nil {
+		t.Fatal(err)
+	}
+	m.ID, m.Kind, m.Attempts, m.CreatedAt = id, kms.OutboxKind(kind), 1, e.clock.Now()
+	return m
+}
+
+// TestOutboxDeliversHandedOverMail: a mail handed over in memory is
+// delivered and marked sent although its row is claimed, which a claim
+// from the table would never take; only the room reserved may be handed
+// over.
+func TestOutboxDeliversHandedOverMail(t *testing.T) {
+	e := newOutEnv(t)
+	md := newMaildir(t)
+	o, stop := e.run(t, OutboxConfig{Transport: md, Lease: time.Hour})
+	id := e.queue(t, kms.MailCertificate, "alice@example.com")
+	lease, ok := o.Reserve()
+	if !ok || lease != time.Hour {
+		t.Fatalf("Reserve = %v, %v; want the lease of 1h", lease, ok)
+	}
+	o.Deliver(e.handOver(t, id, lease))
+	e.waitRow(t, id, "handed-over mail sent", func(r outRow) bool { return r.state == "sent" })
+	if n := len(files(t, md.Dir(), "new")); n != 1 {
+		t.Fatalf("new/ holds %d files, want 1", n)
+	}
+	stop()
+	if got := value(t, o.m.handedOver); got != 1 {
+		t.Errorf("kms_outbox_handed_over_total = %v, want 1", got)
+	}
+	if r := e.row(t, id); r.attempts != 1 {
+		t.Errorf("attempts = %d, want 1 (the hand-over counts as the claim)", r.attempts)
+	}
+	// The room is bounded, and given back by Cancel.
+	for i := range handoffRoom {
+		if _, ok := o.Reserve(); !ok {
+			t.Fatalf("Reserve %d of %d refused", i+1, handoffRoom)
+		}
+	}
+	if _, ok := o.Reserve(); ok {
+		t.Fatalf("Reserve beyond %d mails succeeded", handoffRoom)
+	}
+	o.Cancel()
+	if _, ok := o.Reserve(); !ok {
+		t.Fatal("Reserve after Cancel refused")
+	}
+}
+
+// TestOutboxGivesBackHandedOverMailAtStop: mail handed over and not yet
+// delivered when the worker stops, or handed over after it stopped, is
+// given back to the table at once instead of waiting for its lease.
+func TestOutboxGivesBackHandedOverMailAtStop(t *testing.T) {
+	e := newOutEnv(t)
+	o, err := NewOutbox(OutboxConfig{Store: e.store, Clock: e.clock, From: kmsAddr, Renderer: textRenderer{from: kmsAddr},
+		Transport: newMaildir(t), Lease: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting := e.queue(t, kms.MailCertificate, "alice@example.com")
+	late := e.queue(t, kms.MailCertificate, "bob@example.com")
+	o.Reserve()
+	o.Deliver(e.handOver(t, waiting, time.Hour))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := o.Run(ctx); err != nil { // stopped before it delivered anything
+		t.Fatal(err)
+	}
+	o.Reserve()
+	o.Deliver(e.handOver(t, late, time.Hour))
+	for _, id := range []int64{waiting, late} {
+		if r := e.row(t, id); r.state != "pending" || r.claimed != 0 || r.attempts != 0 {
+			t.Errorf("outbox %d: state %s, claimed_until %d, attempts %d; want pending, unclaimed, 0 attempts", id, r.state, r.claimed, r.attempts)
+		}
+	}
+	if n := o.reserved.Load(); n != 0 {
+		t.Errorf("%d reservations outstanding after the stop, want 0", n)
+	}
+}

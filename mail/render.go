@@ -52,13 +52,15 @@ func (r *SignedRenderer) Render(ctx context.Context, m kms.OutboxMessage) ([]byt
 		msg.AutoSubmitted = "auto-replied"
 	}
 	if m.Kind == kms.MailCertificate {
-		c, err := r.Certs.GetCert(ctx, m.Payload.Serial)
-		if err != nil {
-			return nil, fmt.Errorf("certificate reply %d: %w", m.ID, err)
-		}
-		issued, err := x509.ParseCertificate(c.DER)
-		if err != nil {
-			return nil, fmt.Errorf("certificate reply %d: stored certificate: %w", m.ID, err)
+		issued := m.Issued // handed over with the reply (kms.Handoff)
+		if issued == nil || kms.SerialHex(issued) != m.Payload.Serial {
+			c, err := r.Certs.GetCert(ctx, m.Payload.Serial)
+			if err != nil {
+				return nil, fmt.Errorf("certificate reply %d: %w", m.ID, err)
+			}
+			if issued, err = x509.ParseCertificate(c.DER); err != nil {
+				return nil, fmt.Errorf("certificate reply %d: stored certificate: %w", m.ID, err)
+			}
 		}
 		msg.Certs = append([]*x509.Certificate{issued}, r.Chain...)
 	}

@@ -299,6 +299,9 @@ func (d *daemon) buildMail() error {
 	if err != nil {
 		return err
 	}
+	// Certificate replies go from the issuing transaction straight to the
+	// delivery worker, without a claim from the outbox table.
+	d.svc.SetHandoff(d.outbox)
 	d.smtpLn, err = net.Listen("tcp", cfg.SMTP.Listen)
 	if err != nil {
 		return fmt.Errorf("smtp.listen %s: %w", cfg.SMTP.Listen, err)

@@ -141,7 +141,9 @@ func (s *Service) CertForSigner(ctx context.Context, der []byte) (*Certificate, 
 	if string(c.DER) != string(der) {
 		return nil, fmt.Errorf("certificate with serial %s differs from the one kms tracks: %w", c.Serial, ErrNotFound)
 	}
-	return &c.Certificate, nil
+	out := c.Certificate
+	out.tracked = c
+	return &out, nil
 }
 
 // Counts returns how many certificates are in each state and users in each

@@ -37,25 +37,16 @@ func (s *Service) renew(ctx context.Context, serial string, newKey crypto.Public
 		op = "rekey"
 	}
 	now := s.clock.Now()
-	// A replay is recognised before anything else, so that it is refused
-	// as a replay even after the certificate it renewed was superseded.
-	// The insert in recordIssue remains the guard against races.
-	if len(req.SignatureDigest) > 0 {
-		var n int
-		if err := s.store.q(nil).QueryRowContext(ctx, `SELECT COUNT(*) FROM seen_signatures WHERE digest = $1`, req.SignatureDigest).Scan(&n); err != nil {
-			return nil, err
+	old := req.Signer.trackedRow(serial)
+	if old == nil {
+		var err error
+		if old, err = s.store.certBySerial(ctx, s.store.q(nil), serial, false); err != nil {
+			return nil, s.refused(ctx, req.Actor, op, "", serial, err)
 		}
-		if n > 0 {
-			return nil, s.refused(ctx, req.Actor, op, "", serial, ErrReplay)
-		}
-	}
-	old, err := s.store.certBySerial(ctx, s.store.q(nil), serial, false)
-	if err != nil {
-		return nil, s.refused(ctx, req.Actor, op, "", serial, err)
 	}
 	u := &User{ID: old.userID, Email: old.Email, State: old.userState}
 	if err := checkRenewable(u, old, now); err != nil {
-		return nil, s.refused(ctx, req.Actor, op, u.Email, serial, err)
+		return nil, s.refused(ctx, req.Actor, op, u.Email, serial, s.replayOr(ctx, req, err))
 	}
 	pol := s.policies.For(u.Email[strings.LastIndexByte(u.Email, '@')+1:])
 	pub := newKey
@@ -100,6 +91,22 @@ func (s *Service) renew(ctx context.Context, serial string, newKey crypto.Public
 	}
 	s.issued(u.Email, row, op, req.Actor)
 	return &row.Certificate, nil
+}
+
+// replayOr returns ErrReplay if req's signature was already used for an
+// issuance, and err otherwise. A replay is always refused by the state
+// checks (the certificate it renewed is no longer current), so the replay
+// record is only read on that path, where it gives the true reason; on the
+// way to an issuance, the insert in recordIssue is the guard.
+func (s *Service) replayOr(ctx context.Context, req Request, err error) error {
+	if len(req.SignatureDigest) == 0 {
+		return err
+	}
+	var n int
+	if qerr := s.store.q(nil).QueryRowContext(ctx, `SELECT COUNT(*) FROM seen_signatures WHERE digest = $1`, req.SignatureDigest).Scan(&n); qerr != nil || n == 0 {
+		return err
+	}
+	return fmt.Errorf("%w (%v)", ErrReplay, err)
 }
 
 // checkRenewable applies SPEC 4.2's state rules to a renewal request.

@@ -141,6 +141,11 @@ type Request struct {
 	// Answers is the kind of kms mail the request replies to (In-Reply-To),
 	// e.g. a reminder; it goes into the audit record.
 	Answers OutboxKind
+	// Signer is the certificate that signed the request, as CertForSigner
+	// returned it moments before: Renew and Rekey use it instead of
+	// reading the row again. Their transaction still checks that it is
+	// current and its owner active, so a change since the read is caught.
+	Signer *Certificate
 }
 
 func oneRow(res sql.Result, err error, what string) error {

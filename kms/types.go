@@ -59,6 +59,17 @@ type Certificate struct {
 	LastReminderAt   *time.Time `json:"last_reminder_at,omitempty"`
 	RemindersSent    int        `json:"reminders_sent"`
 	DER              []byte     `json:"-"`
+
+	tracked *certRow // the row this was read from, when CertForSigner read it
+}
+
+// trackedRow returns the row c was read from by CertForSigner, if c is the
+// certificate serial; nil otherwise.
+func (c *Certificate) trackedRow(serial string) *certRow {
+	if c == nil || c.tracked == nil || c.Serial != serial {
+		return nil
+	}
+	return c.tracked
 }
 
 // Enrollment is what an administrator hands to a user out of band.

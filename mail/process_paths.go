@@ -65,7 +65,7 @@ func (p *Processor) signed(ctx context.Context, r request, log *slog.Logger) err
 			fmt.Sprintf("The message carries %d certificate requests; send one.", len(csrs)), errors.New("several CSRs"), log)
 	}
 	req := kms.Request{Actor: "mail:" + cert.Email, MessageID: r.messageID, Subject: r.msg.Subject,
-		SignatureDigest: v.Signature.ReplayID[:], InboundID: r.in.ID, Answers: p.answers(ctx, r.msg.InReplyTo)}
+		SignatureDigest: v.Signature.ReplayID[:], InboundID: r.in.ID, Answers: p.answers(ctx, r.msg.InReplyTo), Signer: cert}
 	if req.Answers != "" {
 		log = log.With("answers", req.Answers)
 	}

@@ -136,3 +136,38 @@ func verifyErr(t *testing.T, id identity, opts VerifyOptions) (*Signature, error
 	}
 	return VerifyDetached(sig, testBody, opts)
 }
+
+// TestChainCacheStartsAfreshWhenFull: a full cache forgets everything
+// (signers and issuers alike) and keeps working: the signer that found it
+// full is cached, and its CA's chain is proven again for the next renewal.
+func TestChainCacheStartsAfreshWhenFull(t *testing.T) {
+	p := newTestPKI(t)
+	cache := NewChainCache(2)
+	opts := verifyOpts(p, testNow)
+	opts.Cache = cache
+	users := []identity{
+		p.issue(t, "alice@example.com", "ec", userOpts{}),
+		p.issue(t, "bob@example.com", "ec", userOpts{}),
+		p.issue(t, "carol@example.com", "ec", userOpts{}),
+	}
+	for _, u := range users {
+		verifyWith(t, u, opts)
+	}
+	if cache.lookup(users[0].cert, opts.Roots, testNow) != nil || cache.lookup(users[1].cert, opts.Roots, testNow) != nil {
+		t.Fatal("signers from before the cache filled up are still cached")
+	}
+	if cache.lookup(users[2].cert, opts.Roots, testNow) == nil {
+		t.Fatal("the signer that found the cache full was not cached")
+	}
+	if n := len(cache.entries); n != 1 {
+		t.Fatalf("%d signers cached after starting afresh, want 1", n)
+	}
+	renewed := p.issue(t, "carol@example.com", "ec", userOpts{})
+	if chain := cache.viaIssuer(renewed.cert, opts.Roots, testNow); len(chain) != 3 {
+		t.Fatalf("after starting afresh, a renewal's chain via the issuer: %v, want 3 certificates", chain)
+	}
+	// A forgotten signer verifies again through the full path.
+	if got := verifyWith(t, users[0], opts); len(got) != 3 {
+		t.Fatalf("a forgotten signer's chain has %d certificates, want 3", len(got))
+	}
+}

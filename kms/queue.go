@@ -284,26 +284,23 @@ func (s *Service) RefuseInbound(ctx context.Context, id int64, reply *Reply, out
 // not process (it is shutting down), undoing the attempt the claim
 // counted. Finished messages are not touched.
 func (s *Store) ReleaseInbound(ctx context.Context, ids []int64) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
-		q := s.q(tx)
-		for _, id := range ids {
-			if _, err := q.ExecContext(ctx, `UPDATE inbound SET claimed_until = 0, attempts = attempts - 1
-				WHERE id = $1 AND state = 'pending' AND attempts > 0`, id); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return s.releaseRows(ctx, "inbound", ids)
 }
 
 // ReleaseOutbox gives back claims on mails that a delivery worker took
 // and did not deliver (it is shutting down), undoing the attempt the
 // claim counted. Sent and failed mails are not touched.
 func (s *Store) ReleaseOutbox(ctx context.Context, ids []int64) error {
+	return s.releaseRows(ctx, "outbox", ids)
+}
+
+// releaseRows gives back claims on pending rows of a queue table (inbound
+// or outbox).
+func (s *Store) releaseRows(ctx context.Context, table string, ids []int64) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		q := s.q(tx)
 		for _, id := range ids {
-			if _, err := q.ExecContext(ctx, `UPDATE outbox SET claimed_until = 0, attempts = attempts - 1
+			if _, err := q.ExecContext(ctx, `UPDATE `+table+` SET claimed_until = 0, attempts = attempts - 1
 				WHERE id = $1 AND state = 'pending' AND attempts > 0`, id); err != nil {
 				return err
 			}

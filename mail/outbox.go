@@ -83,7 +83,7 @@ const handoffRoom = 1024
 
 type outboxMetrics struct {
 	sent, retried, rateLimited prometheus.Counter
-	handedOver                 prometheus.Counter
+	handedOver, handoffExpired prometheus.Counter
 	failed                     *prometheus.CounterVec
 	latency                    prometheus.Histogram
 }
@@ -137,12 +137,14 @@ func NewOutbox(cfg OutboxConfig) (*Outbox, error) {
 			Help: "Times delivery waited for the relay.rate cap."}),
 		handedOver: prometheus.NewCounter(prometheus.CounterOpts{Name: "kms_outbox_handed_over_total",
 			Help: "Mails handed to delivery in memory by the transaction that queued them, instead of claimed from the outbox table."}),
+		handoffExpired: prometheus.NewCounter(prometheus.CounterOpts{Name: "kms_outbox_handoff_expired_total",
+			Help: "Handed-over mails that waited in memory for half their lease and were left to be claimed from the table."}),
 	}
 	for _, r := range []string{failPermanent, failExpired, failRender} {
 		o.m.failed.WithLabelValues(r)
 	}
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{o.m.sent, o.m.retried, o.m.failed, o.m.latency, o.m.rateLimited, o.m.handedOver} {
+		for _, c := range []prometheus.Collector{o.m.sent, o.m.retried, o.m.failed, o.m.latency, o.m.rateLimited, o.m.handedOver, o.m.handoffExpired} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("outbox: register metrics: %w", err)
 			}
@@ -269,6 +271,15 @@ func (o *Outbox) Run(ctx context.Context) error {
 			select {
 			case m := <-o.direct:
 				o.reserved.Add(-1)
+				if o.clock.Now().Sub(m.CreatedAt) > o.lease/2 {
+					// It waited so long (a slow relay) that its claim
+					// could run out during the delivery, and a claim from
+					// the table deliver it again: it is left to that
+					// claim, once the lease is over.
+					release(1)
+					o.m.handoffExpired.Inc()
+					continue
+				}
 				if _, err := o.limit.take(ctx, 1, o.m.rateLimited.Inc); err != nil {
 					release(1)
 					o.releaseClaims([]int64{m.ID})

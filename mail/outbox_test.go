@@ -561,3 +561,39 @@ func TestOutboxGivesBackHandedOverMailAtStop(t *testing.T) {
 		t.Errorf("%d reservations outstanding after the stop, want 0", n)
 	}
 }
+
+// TestOutboxLeavesStaleHandOverToTheTable: a handed-over mail that waited
+// in memory for more than half its lease (a slow relay) is not delivered
+// from memory, where its claim could run out mid-delivery and a claim from
+// the table deliver it a second time; it is delivered once, by that claim,
+// when the lease is over.
+func TestOutboxLeavesStaleHandOverToTheTable(t *testing.T) {
+	e := newOutEnv(t)
+	md := newMaildir(t)
+	id := e.queue(t, kms.MailCertificate, "alice@example.com")
+	o, err := NewOutbox(OutboxConfig{Store: e.store, Clock: e.clock, From: kmsAddr, Renderer: textRenderer{from: kmsAddr},
+		Transport: md, Lease: time.Minute, PollInterval: 20 * time.Millisecond, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Reserve()
+	o.Deliver(e.handOver(t, id, time.Minute))
+	e.clock.Advance(31 * time.Second) // more than half the lease in memory
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- o.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, "the stale hand-over skipped", func() bool { return value(t, o.m.handoffExpired) == 1 })
+	if r := e.row(t, id); r.state != "pending" || r.attempts != 1 {
+		t.Fatalf("stale hand-over: state %s, %d attempts; want pending, not delivered from memory", r.state, r.attempts)
+	}
+	e.clock.Advance(30 * time.Second) // the lease is over
+	o.Notify()
+	r := e.waitRow(t, id, "sent by a claim from the table", func(r outRow) bool { return r.state == "sent" })
+	if r.attempts != 2 || value(t, o.m.handedOver) != 0 {
+		t.Errorf("attempts %d, handed over %v; want 2 (the hand-over and the table claim) and 0", r.attempts, value(t, o.m.handedOver))
+	}
+	if n := len(files(t, md.Dir(), "new")); n != 1 {
+		t.Fatalf("new/ holds %d files, want 1", n)
+	}
+}

@@ -67,7 +67,9 @@ type IMAPOptions struct {
 	// exact bytes in its inbound row, so the mailbox copy is redundant, and
 	// a mailbox that only grows would one day hit its quota and refuse new
 	// requests. A folder name keeps a copy on the server instead (MOVE, or
-	// COPY then delete); the folder is created if missing.
+	// COPY then delete); the folder is created if missing. Each session
+	// starts with an EXPUNGE, which finishes a removal a dropped session
+	// left half done (the message marked \Deleted, not yet expunged).
 	DoneFolder string
 	// MaxMessageBytes is the largest message fetched (default 1 MiB; pass
 	// smtp.max_message_bytes). A larger one is never downloaded: it stays

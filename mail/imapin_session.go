@@ -159,6 +159,16 @@ func (f *IMAPFetcher) selectMailbox(s *imapSession) error {
 		return mailboxErr("select "+f.opt.Mailbox, err)
 	}
 	s.caps = s.c.Caps()
+	if data.NumMessages > 0 {
+		// A session cut between marking a stored message \Deleted and
+		// expunging it leaves it marked, and every search skips it: it
+		// would stay in the mailbox for good. EXPUNGE finishes such
+		// removals (and removes what other clients marked \Deleted,
+		// which is what they asked for).
+		if err := s.c.Expunge().Close(); err != nil && !imapRefused(err) {
+			return mailboxErr("expunge "+f.opt.Mailbox, err)
+		}
+	}
 	s.keyword = slices.Contains(data.PermanentFlags, imap.FlagWildcard) || slices.Contains(data.PermanentFlags, imapFlagTooLarge)
 	if data.UIDValidity != f.uidValidity {
 		// The UIDs set aside belong to the mailbox's previous life.

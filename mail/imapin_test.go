@@ -44,6 +44,13 @@ func newIMAPRig(t *testing.T, srv *imapTestServer, mod func(*IMAPOptions)) *imap
 		t.Fatal(err)
 	}
 	r.f = f
+	t.Cleanup(func() {
+		if t.Failed() { // what the fetcher and the server did, to tell a race from a bug
+			t.Logf("fetcher log:\n%s", r.log.String())
+			w := srv.wire.String()
+			t.Logf("server wire (last 4000 bytes):\n%s", w[max(0, len(w)-4000):])
+		}
+	})
 	return r
 }
 
@@ -459,5 +466,28 @@ func TestNewIMAPFetcherChecksOptions(t *testing.T) {
 			t.Errorf("%s: security %d, mailbox %q, TLS server name %q; want %d, INBOX, imap.example.com",
 				addr, f.security, f.opt.Mailbox, f.tls.ServerName, want)
 		}
+	}
+}
+
+// A session cut between marking a stored message \Deleted and expunging it
+// leaves the message marked in the mailbox, where every search skips it;
+// the next session's EXPUNGE removes it, and fetches nothing twice.
+func TestIMAPFinishesHalfDoneRemoval(t *testing.T) {
+	srv := newIMAPServer(t, imapRev2, true)
+	r := newIMAPRig(t, srv, nil)
+	if _, err := srv.user.Append("INBOX", bytes.NewReader(imapTestMsg(1, "From: alice@example.com\r\n")),
+		&imap.AppendOptions{Flags: []imap.Flag{imap.FlagDeleted}}); err != nil {
+		t.Fatal(err)
+	}
+	srv.appendMsg("INBOX", imapTestMsg(2, "From: alice@example.com\r\n"))
+	n, err := r.f.FetchOnce(context.Background())
+	if err != nil || n != 1 {
+		t.Fatalf("FetchOnce = %d, %v; want the one unmarked message", n, err)
+	}
+	if left := srv.list("INBOX"); len(left) != 0 {
+		t.Fatalf("INBOX holds %d messages after the pass, want 0 (the marked one expunged)", len(left))
+	}
+	if rows := r.rows(t); len(rows) != 1 {
+		t.Fatalf("%d messages stored, want 1: a message marked \\Deleted is not fetched", len(rows))
 	}
 }

@@ -187,14 +187,13 @@ func (s *Service) recordIssue(ctx context.Context, tx *sql.Tx, row *certRow, cer
 	}
 	mail := outboxMail{Kind: MailCertificate, To: row.Email, InReplyTo: req.MessageID,
 		Payload: OutboxPayload{Email: row.Email, Serial: row.Serial, NotAfter: row.NotAfter, Operation: op, Subject: req.Subject}}
-	if reply.lease > 0 {
-		m, err := s.store.insertClaimedOutbox(ctx, tx, mail, cert, s.msgDom, now, reply.lease)
-		if err != nil {
-			return err
-		}
-		reply.msg = m
-	} else if err := s.store.insertOutbox(ctx, tx, mail, s.msgDom, now); err != nil {
+	m, err := s.store.queueOutbox(ctx, tx, mail, s.msgDom, now, reply.lease)
+	if err != nil {
 		return err
+	}
+	if reply.lease > 0 {
+		m.Issued = cert
+		reply.msg = m
 	}
 	detail := "not_after " + row.NotAfter.Format(time.RFC3339)
 	if req.Answers != "" {

@@ -173,15 +173,32 @@ type outboxMail struct {
 
 // insertOutbox queues mail in the caller's transaction.
 func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, m outboxMail, msgDomain string, now time.Time) error {
+	_, err := s.queueOutbox(ctx, tx, m, msgDomain, now, 0)
+	return err
+}
+
+// queueOutbox queues m in tx and returns the row as the delivery worker
+// sees it. With a lease, the row is inserted already claimed until
+// now+lease, as ClaimOutbox would have left it (see Handoff).
+func (s *Store) queueOutbox(ctx context.Context, tx *sql.Tx, m outboxMail, msgDomain string, now time.Time, lease time.Duration) (*OutboxMessage, error) {
 	payload, err := json.Marshal(m.Payload)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	_, err = s.q(tx).ExecContext(ctx, `INSERT INTO outbox
-		(kind, recipient, message_id, in_reply_to, payload, state, created_at, next_attempt_at)
-		VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6)`,
-		string(m.Kind), m.To, newMessageID(msgDomain, now), m.InReplyTo, string(payload), ms(now))
-	return err
+	out := &OutboxMessage{Kind: m.Kind, To: m.To, MessageID: newMessageID(msgDomain, now), InReplyTo: m.InReplyTo,
+		Payload: m.Payload, CreatedAt: now}
+	var claimedUntil int64
+	if lease > 0 {
+		claimedUntil, out.Attempts = ms(now.Add(lease)), 1
+	}
+	err = s.q(tx).QueryRowContext(ctx, `INSERT INTO outbox
+		(kind, recipient, message_id, in_reply_to, payload, state, created_at, next_attempt_at, claimed_until, attempts)
+		VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $7, $8) RETURNING id`,
+		string(m.Kind), m.To, out.MessageID, m.InReplyTo, string(payload), ms(now), claimedUntil, out.Attempts).Scan(&out.ID)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // insertOutboxRows queues many mails with multi-row INSERTs.

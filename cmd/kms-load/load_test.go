@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -341,9 +342,18 @@ func TestNewReport(t *testing.T) {
 	if r.KMSCPU == nil || *r.KMSCPU != (cpuUse{Seconds: 3, Cores: 1.5, MsPerRenewal: 750}) {
 		t.Errorf("kms CPU %+v, want 3 s, 1.5 cores, 750 ms a renewal", r.KMSCPU)
 	}
+	// Two signatures at 200/s on 2 goroutines are 20 ms of CPU: 20 of 750.
+	if want := 20.0 / 750; math.Abs(r.SignShare-want) > 1e-9 {
+		t.Errorf("signature share %v, want %v", r.SignShare, want)
+	}
+	text.Reset()
+	r.print(&text)
+	if !strings.Contains(text.String(), "signature share: 2.7% of the daemon's CPU a renewal is its 2 signatures (20.000 ms at the raw rate)") {
+		t.Errorf("no signature share line:\n%s", text.String())
+	}
 	o.CPU.End.daemonOK = false
-	if r := newReport(o, options{}, "keys", 2, 300, 100); r.KMSCPU != nil {
-		t.Errorf("kms CPU %+v without a daemon process; want none", r.KMSCPU)
+	if r := newReport(o, options{}, "keys", 2, 300, 100); r.KMSCPU != nil || r.SignShare != 0 {
+		t.Errorf("kms CPU %+v, signature share %v without a daemon process; want none", r.KMSCPU, r.SignShare)
 	}
 }
 

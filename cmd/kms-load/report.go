@@ -85,8 +85,14 @@ type report struct {
 	Ratio          float64 `json:"ratio"`
 	// LoadCPU is what kms-load itself used in the timed window; KMSCPU
 	// what the daemon used, when its process is known.
-	LoadCPU    cpuUse  `json:"kms_load_cpu"`
-	KMSCPU     *cpuUse `json:"kms_cpu,omitempty"`
+	LoadCPU cpuUse  `json:"kms_load_cpu"`
+	KMSCPU  *cpuUse `json:"kms_cpu,omitempty"`
+	// SignShare is the part of the daemon's CPU a renewal that its
+	// signatures take at the raw signing rate (0 when the daemon's CPU is
+	// not known). It is the ratio the daemon would reach with every CPU to
+	// itself: the generator's share of the CPUs, and any idle time, are
+	// what separate it from Ratio.
+	SignShare  float64 `json:"daemon_signature_share,omitempty"`
 	LoadBefore string  `json:"loadavg_before"`
 	LoadAfter  string  `json:"loadavg_after"`
 }
@@ -146,8 +152,18 @@ func newReport(o *outcome, opt options, keys string, workers int, before, after 
 	if start.daemonOK && end.daemonOK {
 		u := newCPUUse(end.daemon-start.daemon, wall, o.Renewals)
 		r.KMSCPU = &u
+		if r.Bound > 0 && u.MsPerRenewal > 0 {
+			r.SignShare = r.signMsPerRenewal() / u.MsPerRenewal
+		}
 	}
 	return r
+}
+
+// signMsPerRenewal is the CPU time, in milliseconds, that a renewal's
+// signatures take at the faster raw signing rate (measured with
+// SignWorkers goroutines, each on a CPU of its own).
+func (r report) signMsPerRenewal() float64 {
+	return signaturesPerRenewal * float64(r.SignWorkers) * 1000 / (signaturesPerRenewal * r.Bound)
 }
 
 // ms is d in milliseconds, fractions kept.
@@ -170,6 +186,10 @@ func (r report) print(w io.Writer) {
 	fmt.Fprintf(w, "CPU, kms-load:   %.2f cores, %.3f ms a renewal (%.2fs in the timed window)\n", r.LoadCPU.Cores, r.LoadCPU.MsPerRenewal, r.LoadCPU.Seconds)
 	if r.KMSCPU != nil {
 		fmt.Fprintf(w, "CPU, kms:        %.2f cores, %.3f ms a renewal (%.2fs in the timed window)\n", r.KMSCPU.Cores, r.KMSCPU.MsPerRenewal, r.KMSCPU.Seconds)
+		if r.SignShare > 0 {
+			fmt.Fprintf(w, "signature share: %.1f%% of the daemon's CPU a renewal is its %d signatures (%.3f ms at the raw rate): the ratio it would reach with the CPUs to itself\n",
+				100*r.SignShare, signaturesPerRenewal, r.signMsPerRenewal())
+		}
 	} else {
 		fmt.Fprintf(w, "CPU, kms:        not measured (its process is not known: use --spawn or --daemon-pid)\n")
 	}

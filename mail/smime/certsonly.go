@@ -30,15 +30,15 @@ func CertsOnly(certs ...*x509.Certificate) ([]byte, error) {
 // ParseCertsOnly returns the certificates of a certs-only SignedData (DER or
 // BER). Any signature in it is ignored: the certificates are not verified.
 func ParseCertsOnly(cms []byte) ([]*x509.Certificate, error) {
-	p7, err := parseSigned(cms)
+	sd, err := parseSigned(cms)
 	if errors.Is(err, ErrNotSigned) {
 		return nil, fmt.Errorf("%w: not a certs-only SignedData: %v", ErrMalformed, err)
 	}
 	if err != nil {
 		return nil, err
 	}
-	if len(p7.Certificates) == 0 {
+	if len(sd.certificates) == 0 {
 		return nil, fmt.Errorf("%w: certs-only object holds no certificate", ErrMalformed)
 	}
-	return p7.Certificates, nil
+	return sd.certificates, nil
 }

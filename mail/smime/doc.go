@@ -7,8 +7,9 @@
 //
 // The CMS layer (VerifyDetached, VerifyOpaque, SignDetached, Encrypt,
 // Decrypt, CertsOnly, ParseCertsOnly) works on DER or BER bytes. It wraps
-// github.com/smallstep/pkcs7 for parsing, enveloping and decryption, but
-// checks signatures itself, so that: the certificate chain is validated at
+// github.com/smallstep/pkcs7 for enveloping, decryption and signing. It
+// parses SignedData (signeddata.go, on top of its own bounded BER-to-DER
+// conversion in ber.go) and checks signatures itself, so that: the certificate chain is validated at
 // the receipt time the caller passes and never at the signer's own
 // signingTime attribute; SHA-1 and MD5 are refused; RSA-PSS is accepted; the
 // signing time written into outgoing signatures comes from the caller's

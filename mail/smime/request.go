@@ -243,11 +243,11 @@ func (r *Request) UnverifiedContent() (*Content, error) {
 	case KindSigned:
 		return parseContent(r.signed, r.limits, r.depth+1)
 	case KindSignedOpaque:
-		p7, err := parseSigned(r.cms)
+		sd, err := parseSigned(r.cms)
 		if err != nil {
 			return nil, err
 		}
-		return parseContent(p7.Content, r.limits, r.depth+1)
+		return parseContent(sd.content, r.limits, r.depth+1)
 	case KindEnveloped:
 		return nil, fmt.Errorf("%w: call Decrypt first", ErrEncrypted)
 	default:

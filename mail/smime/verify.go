@@ -1,7 +1,6 @@
 package smime
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -65,33 +64,33 @@ type Signature struct {
 // VerifyDetached verifies a detached CMS signature (the
 // application/pkcs7-signature part of multipart/signed) over content.
 func VerifyDetached(sig, content []byte, opts VerifyOptions) (*Signature, error) {
-	p7, err := parseSigned(sig)
+	sd, err := parseSigned(sig)
 	if err != nil {
 		return nil, err
 	}
-	if len(p7.Content) != 0 {
-		return nil, fmt.Errorf("%w: signature is not detached (it encapsulates %d bytes of content); use VerifyOpaque", ErrMalformed, len(p7.Content))
+	if len(sd.content) != 0 {
+		return nil, fmt.Errorf("%w: signature is not detached (it encapsulates %d bytes of content); use VerifyOpaque", ErrMalformed, len(sd.content))
 	}
-	return verifySigned(p7, content, opts)
+	return verifySigned(sd, content, opts)
 }
 
 // VerifyOpaque verifies a CMS SignedData that encapsulates its content
 // (application/pkcs7-mime; smime-type=signed-data) and returns the content
 // in Signature.Content.
 func VerifyOpaque(cms []byte, opts VerifyOptions) (*Signature, error) {
-	p7, err := parseSigned(cms)
+	sd, err := parseSigned(cms)
 	if err != nil {
 		return nil, err
 	}
-	if len(p7.Content) == 0 {
+	if len(sd.content) == 0 {
 		return nil, fmt.Errorf("%w: SignedData encapsulates no content (a detached signature?)", ErrMalformed)
 	}
-	return verifySigned(p7, p7.Content, opts)
+	return verifySigned(sd, sd.content, opts)
 }
 
 // parseSigned checks the CMS input against the limits and parses it as
 // SignedData.
-func parseSigned(cms []byte) (*pkcs7.PKCS7, error) {
+func parseSigned(cms []byte) (*signedData, error) {
 	der, ctype, err := toDER(cms)
 	if err != nil {
 		return nil, err
@@ -99,11 +98,7 @@ func parseSigned(cms []byte) (*pkcs7.PKCS7, error) {
 	if !ctype.Equal(oidSignedData) {
 		return nil, fmt.Errorf("%w: CMS content type is %s, not signed-data", ErrNotSigned, ctype)
 	}
-	p7, err := parseLibrary(der)
-	if err != nil {
-		return nil, err
-	}
-	return p7, nil
+	return parseSignedData(der)
 }
 
 // parseLibrary runs the wrapped parser, turning its errors (and, should it
@@ -121,30 +116,24 @@ func parseLibrary(der []byte) (p7 *pkcs7.PKCS7, err error) {
 	return p7, nil
 }
 
-func verifySigned(p7 *pkcs7.PKCS7, content []byte, opts VerifyOptions) (*Signature, error) {
+func verifySigned(sd *signedData, content []byte, opts VerifyOptions) (*Signature, error) {
 	if opts.Roots == nil {
 		return nil, errors.New("smime: VerifyOptions.Roots is nil; pass the trusted roots")
 	}
 	if opts.At.IsZero() {
 		return nil, errors.New("smime: VerifyOptions.At is zero; pass the receipt time")
 	}
-	switch len(p7.Signers) {
+	switch len(sd.signers) {
 	case 0:
-		if len(p7.Certificates) == 0 {
-			// The library ignores SignedData decoding errors and returns
-			// an empty structure.
-			return nil, fmt.Errorf("%w: SignedData could not be decoded (a signer identified by subject key identifier is not supported)", ErrMalformed)
-		}
 		return nil, fmt.Errorf("%w: SignedData has no signer (certs-only?)", ErrNotSigned)
 	case 1:
 	default:
-		return nil, fmt.Errorf("%w: SignedData has %d signers; exactly one is accepted", ErrUnsupported, len(p7.Signers))
+		return nil, fmt.Errorf("%w: SignedData has %d signers; exactly one is accepted", ErrUnsupported, len(sd.signers))
 	}
-	si := p7.Signers[0]
+	si := &sd.signers[0]
 	var signer *x509.Certificate
-	for _, c := range p7.Certificates {
-		if c.SerialNumber.Cmp(si.IssuerAndSerialNumber.SerialNumber) == 0 &&
-			bytes.Equal(c.RawIssuer, si.IssuerAndSerialNumber.IssuerName.FullBytes) {
+	for _, c := range sd.certificates {
+		if si.matches(c) {
 			signer = c
 			break
 		}
@@ -152,22 +141,19 @@ func verifySigned(p7 *pkcs7.PKCS7, content []byte, opts VerifyOptions) (*Signatu
 	if signer == nil {
 		return nil, fmt.Errorf("%w: the signer's certificate is not included in the signature", ErrUntrustedSigner)
 	}
-	h, err := digestHash(si.DigestAlgorithm)
+	h, err := digestHash(si.digestAlgorithm)
 	if err != nil {
 		return nil, err
 	}
 	contentDigest := hashOf(h, content)
-	res := &Signature{Signer: signer, Certificates: p7.Certificates, Content: content, Hash: h}
+	res := &Signature{Signer: signer, Certificates: sd.certificates, Content: content, Hash: h}
 
 	// What the signature covers: the DER SET OF signed attributes when there
 	// are any (RFC 5652 5.4), the content itself otherwise.
 	covered := contentDigest
 	replayInput := contentDigest
-	if len(si.AuthenticatedAttributes) > 0 {
-		var attrs []signedAttr
-		for _, a := range si.AuthenticatedAttributes {
-			attrs = append(attrs, signedAttr{oid: a.Type, values: a.Value.Bytes, set: a.Value.FullBytes})
-		}
+	if si.hasSignedAttrs {
+		attrs := si.signedAttrs
 		st, err := checkSignedAttrs(attrs, contentDigest)
 		if err != nil {
 			return nil, err
@@ -180,12 +166,12 @@ func verifySigned(p7 *pkcs7.PKCS7, content []byte, opts VerifyOptions) (*Signatu
 		covered = hashOf(h, der)
 		replayInput = der
 	}
-	if err := checkSignature(signer.PublicKey, si.DigestEncryptionAlgorithm, h, covered, si.EncryptedDigest); err != nil {
+	if err := checkSignature(signer.PublicKey, si.signatureAlgorithm, h, covered, si.signature); err != nil {
 		return nil, err
 	}
-	res.ReplayID = replayID(si.IssuerAndSerialNumber.IssuerName.FullBytes, signer.SerialNumber.Bytes(), replayInput)
+	res.ReplayID = replayID(signer.RawIssuer, signer.SerialNumber.Bytes(), replayInput)
 
-	chain, err := verifyChain(signer, p7.Certificates, opts)
+	chain, err := verifyChain(signer, sd.certificates, opts)
 	if err != nil {
 		var exp *SignerExpiredError
 		if errors.As(err, &exp) {

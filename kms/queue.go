@@ -33,14 +33,25 @@ type Inbound struct {
 // the same bytes were accepted before (a client retrying after a lost 250),
 // in which case nothing new is stored.
 func (s *Store) AcceptInbound(ctx context.Context, raw []byte, mailFrom, remoteAddr string, now time.Time) (id int64, duplicate bool, err error) {
+	return s.AcceptInboundClaimed(ctx, raw, mailFrom, remoteAddr, now, 0)
+}
+
+// AcceptInboundClaimed is AcceptInbound for a message that is handed to a
+// processor in memory once it is stored (mail.InboundHandoff): with lease
+// > 0, a new message is stored already claimed for lease, its first
+// attempt counted. It is also not due before the lease ends, so that the
+// claims from the table do not have to step over it (see handedOver).
+// A duplicate is not claimed.
+func (s *Store) AcceptInboundClaimed(ctx context.Context, raw []byte, mailFrom, remoteAddr string, now time.Time, lease time.Duration) (id int64, duplicate bool, err error) {
 	digest := sha256.Sum256(raw)
+	due, claimedUntil, attempts := handedOver(now, lease)
 	err = s.tx(ctx, func(tx *sql.Tx) error {
 		duplicate = false // the transaction may run again
 		q := s.q(tx)
 		// The insert is tried first: a duplicate is the rare case.
-		err := q.QueryRowContext(ctx, `INSERT INTO inbound (digest, mail_from, remote_addr, state, received_at, next_attempt_at)
-			VALUES ($1, $2, $3, 'pending', $4, $4) ON CONFLICT (digest) DO NOTHING RETURNING id`,
-			digest[:], mailFrom, remoteAddr, ms(now)).Scan(&id)
+		err := q.QueryRowContext(ctx, `INSERT INTO inbound (digest, mail_from, remote_addr, state, received_at, next_attempt_at, claimed_until, attempts)
+			VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7) ON CONFLICT (digest) DO NOTHING RETURNING id`,
+			digest[:], mailFrom, remoteAddr, ms(now), due, claimedUntil, attempts).Scan(&id)
 		if errors.Is(err, sql.ErrNoRows) {
 			duplicate = true
 			return q.QueryRowContext(ctx, `SELECT id FROM inbound WHERE digest = $1`, digest[:]).Scan(&id)
@@ -52,6 +63,23 @@ func (s *Store) AcceptInbound(ctx context.Context, raw []byte, mailFrom, remoteA
 		return err
 	})
 	return id, duplicate, err
+}
+
+// handedOver gives the queue columns of a row written at now: due now and
+// unclaimed when lease is 0; otherwise claimed for lease by the worker it
+// is handed to in memory, with its first attempt counted, and not due
+// before the claim ends. A claim from the table then never has to look at
+// it: the claims walk the pending rows in next_attempt_at order and stop
+// at the first that is not due, where a handed-over row due now would have
+// to be fetched and skipped, once per claim, while it waits in memory.
+// Such a row is recognised by next_attempt_at = claimed_until, which a
+// claim from the table never writes (see releaseRows).
+func handedOver(now time.Time, lease time.Duration) (due, claimedUntil int64, attempts int) {
+	if lease <= 0 {
+		return ms(now), 0, 0
+	}
+	until := ms(now.Add(lease))
+	return until, until, 1
 }
 
 // ClaimInbound leases up to limit pending messages for lease, those due
@@ -295,18 +323,30 @@ func (s *Store) ReleaseOutbox(ctx context.Context, ids []int64) error {
 }
 
 // releaseRows gives back claims on pending rows of a queue table (inbound
-// or outbox).
+// or outbox). A row that was handed over in memory is made due again at
+// once (see handedOver).
 func (s *Store) releaseRows(ctx context.Context, table string, ids []int64) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		q := s.q(tx)
 		for _, id := range ids {
-			if _, err := q.ExecContext(ctx, `UPDATE `+table+` SET claimed_until = 0, attempts = attempts - 1
+			if _, err := q.ExecContext(ctx, `UPDATE `+table+` SET claimed_until = 0, attempts = attempts - 1, `+dueAgain(table)+`
 				WHERE id = $1 AND state = 'pending' AND attempts > 0`, id); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+}
+
+// dueAgain is the SET clause that makes a released row that was handed
+// over due at once (at the time it was queued), and leaves any other
+// row's next_attempt_at as it is.
+func dueAgain(table string) string {
+	queued := "received_at"
+	if table == "outbox" {
+		queued = "created_at"
+	}
+	return `next_attempt_at = CASE WHEN next_attempt_at = claimed_until THEN ` + queued + ` ELSE next_attempt_at END`
 }
 
 // ReleaseClaims gives back every claim on pending inbound and outbox rows,
@@ -319,7 +359,7 @@ func (s *Store) ReleaseClaims(ctx context.Context) (int64, error) {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		n = 0
 		for _, table := range []string{"inbound", "outbox"} {
-			res, err := tx.ExecContext(ctx, `UPDATE `+table+` SET claimed_until = 0 WHERE state = 'pending' AND claimed_until > 0`)
+			res, err := tx.ExecContext(ctx, `UPDATE `+table+` SET claimed_until = 0, `+dueAgain(table)+` WHERE state = 'pending' AND claimed_until > 0`)
 			if err != nil {
 				return err
 			}

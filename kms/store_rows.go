@@ -179,7 +179,8 @@ func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, m outboxMail, msgD
 
 // queueOutbox queues m in tx and returns the row as the delivery worker
 // sees it. With a lease, the row is inserted already claimed until
-// now+lease, as ClaimOutbox would have left it (see Handoff).
+// now+lease, as ClaimOutbox would have left it, and not due before the
+// lease ends (see Handoff and handedOver).
 func (s *Store) queueOutbox(ctx context.Context, tx *sql.Tx, m outboxMail, msgDomain string, now time.Time, lease time.Duration) (*OutboxMessage, error) {
 	payload, err := json.Marshal(m.Payload)
 	if err != nil {
@@ -187,14 +188,12 @@ func (s *Store) queueOutbox(ctx context.Context, tx *sql.Tx, m outboxMail, msgDo
 	}
 	out := &OutboxMessage{Kind: m.Kind, To: m.To, MessageID: newMessageID(msgDomain, now), InReplyTo: m.InReplyTo,
 		Payload: m.Payload, CreatedAt: now}
-	var claimedUntil int64
-	if lease > 0 {
-		claimedUntil, out.Attempts = ms(now.Add(lease)), 1
-	}
+	due, claimedUntil, attempts := handedOver(now, lease)
+	out.Attempts = attempts
 	err = s.q(tx).QueryRowContext(ctx, `INSERT INTO outbox
 		(kind, recipient, message_id, in_reply_to, payload, state, created_at, next_attempt_at, claimed_until, attempts)
-		VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $7, $8) RETURNING id`,
-		string(m.Kind), m.To, out.MessageID, m.InReplyTo, string(payload), ms(now), claimedUntil, out.Attempts).Scan(&out.ID)
+		VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9) RETURNING id`,
+		string(m.Kind), m.To, out.MessageID, m.InReplyTo, string(payload), ms(now), due, claimedUntil, attempts).Scan(&out.ID)
 	if err != nil {
 		return nil, err
 	}

@@ -108,7 +108,7 @@ func newE2EDaemon(t *testing.T) *e2eDaemon {
 	}
 	d.svc.SetHandoff(d.outbox) // as cmd/kms does
 	d.smtp, err = NewServer(ServerConfig{Hostname: "kms.example.com", Address: kmsAddr, MaxMessageBytes: d.maxBytes,
-		Store: d.store, Clock: d.clock, Log: log, Notify: d.proc.Notify, Registerer: reg})
+		Store: d.store, Clock: d.clock, Log: log, Notify: d.proc.Notify, Handoff: d.proc, Registerer: reg}) // as cmd/kms does
 	if err != nil {
 		t.Fatal(err)
 	}

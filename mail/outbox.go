@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,18 +67,10 @@ type Outbox struct {
 	notify    chan struct{}
 	m         outboxMetrics
 
-	// direct holds mails handed over by the transaction that queued them
-	// (kms.Handoff), already claimed; reserved counts the room promised to
-	// Reserve calls and not yet taken back out of direct.
-	direct   chan kms.OutboxMessage
-	reserved atomic.Int64
-	mu       sync.Mutex // orders Deliver against the drain at the end of Run
-	stopped  bool
+	// handover brings certificate replies from the issuing transaction
+	// (kms.Handoff: Reserve, Cancel and Deliver are its methods).
+	*handover[kms.OutboxMessage]
 }
-
-// handoffRoom is how many handed-over mails may wait in memory. Each is a
-// few kilobytes; beyond it, mail waits in the table to be claimed.
-const handoffRoom = 1024
 
 type outboxMetrics struct {
 	sent, retried, rateLimited prometheus.Counter
@@ -109,7 +100,7 @@ func NewOutbox(cfg OutboxConfig) (*Outbox, error) {
 	}
 	o := &Outbox{store: cfg.Store, render: cfg.Renderer, transport: cfg.Transport, clock: cfg.Clock, log: cfg.Log,
 		from: cfg.From, admin: cfg.Admin, retryFor: cfg.RetryFor, poll: cfg.PollInterval, batch: cfg.BatchSize,
-		lease: cfg.Lease, workers: cfg.Workers, notify: make(chan struct{}, 1), direct: make(chan kms.OutboxMessage, handoffRoom)}
+		lease: cfg.Lease, workers: cfg.Workers, notify: make(chan struct{}, 1)}
 	if o.clock == nil {
 		o.clock = clock.System{}
 	}
@@ -126,6 +117,9 @@ func NewOutbox(cfg OutboxConfig) (*Outbox, error) {
 		o.workers = defaultWorkers()
 	}
 	o.limit = newLimiter(o.clock, cfg.Rate)
+	o.handover = newHandover(o.lease, func(m kms.OutboxMessage) int64 { return m.ID },
+		func(m kms.OutboxMessage) time.Time { return m.CreatedAt })
+	o.handover.release, o.handover.wake = o.releaseClaims, o.Notify
 	o.m = outboxMetrics{
 		sent:    prometheus.NewCounter(prometheus.CounterOpts{Name: "kms_outbox_sent_total", Help: "Mails delivered."}),
 		retried: prometheus.NewCounter(prometheus.CounterOpts{Name: "kms_outbox_retried_total", Help: "Delivery attempts that failed temporarily and were rescheduled."}),
@@ -140,6 +134,7 @@ func NewOutbox(cfg OutboxConfig) (*Outbox, error) {
 		handoffExpired: prometheus.NewCounter(prometheus.CounterOpts{Name: "kms_outbox_handoff_expired_total",
 			Help: "Handed-over mails that waited in memory for half their lease and were left to be claimed from the table."}),
 	}
+	o.handover.expired = o.m.handoffExpired.Inc
 	for _, r := range []string{failPermanent, failExpired, failRender} {
 		o.m.failed.WithLabelValues(r)
 	}
@@ -167,51 +162,6 @@ func (o *Outbox) Notify() {
 	case o.notify <- struct{}{}:
 	default:
 	}
-}
-
-// Reserve implements kms.Handoff: it promises room in memory for one mail,
-// claimed for the worker's lease.
-func (o *Outbox) Reserve() (time.Duration, bool) {
-	if o.reserved.Add(1) > handoffRoom {
-		o.reserved.Add(-1)
-		return 0, false
-	}
-	return o.lease, true
-}
-
-// Cancel implements kms.Handoff: it gives back an unused reservation.
-func (o *Outbox) Cancel() { o.reserved.Add(-1) }
-
-// Deliver implements kms.Handoff: it takes a committed, claimed mail for
-// delivery. A reservation guarantees room, so it does not block. After Run
-// has ended, the claim is given back instead, so that the mail need not
-// wait for its lease.
-func (o *Outbox) Deliver(m kms.OutboxMessage) {
-	o.mu.Lock()
-	if o.stopped {
-		o.mu.Unlock()
-		o.reserved.Add(-1)
-		o.releaseClaims([]int64{m.ID})
-		return
-	}
-	o.direct <- m
-	o.mu.Unlock()
-	o.Notify()
-}
-
-// drainDirect ends the hand-over at the end of Run: mails still waiting in
-// memory are given back to the table.
-func (o *Outbox) drainDirect() {
-	o.mu.Lock()
-	o.stopped = true
-	var ids []int64
-	for len(o.direct) > 0 {
-		m := <-o.direct
-		o.reserved.Add(-1)
-		ids = append(ids, m.ID)
-	}
-	o.mu.Unlock()
-	o.releaseClaims(ids)
 }
 
 // releaseClaims gives back claims on mails this worker will not deliver.
@@ -242,9 +192,10 @@ func DeliveryKey(m kms.OutboxMessage) string {
 // marked sent, retried with backoff, or failed.
 func (o *Outbox) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	o.handover.start()
 	defer func() {
 		wg.Wait()
-		o.drainDirect()
+		o.handover.stop()
 		// Sessions a transport keeps open between messages end with the
 		// worker.
 		if c, ok := o.transport.(interface{ Close() }); ok {
@@ -268,18 +219,7 @@ func (o *Outbox) Run(ctx context.Context) error {
 		// still runs after at most a batch of them, so that retries and
 		// other mail are not starved by a stream of replies.
 		if handed < o.batch {
-			select {
-			case m := <-o.direct:
-				o.reserved.Add(-1)
-				if o.clock.Now().Sub(m.CreatedAt) > o.lease/2 {
-					// It waited so long (a slow relay) that its claim
-					// could run out during the delivery, and a claim from
-					// the table deliver it again: it is left to that
-					// claim, once the lease is over.
-					release(1)
-					o.m.handoffExpired.Inc()
-					continue
-				}
+			if m, ok := o.handover.take(o.clock.Now()); ok {
 				if _, err := o.limit.take(ctx, 1, o.m.rateLimited.Inc); err != nil {
 					release(1)
 					o.releaseClaims([]int64{m.ID})
@@ -292,7 +232,6 @@ func (o *Outbox) Run(ctx context.Context) error {
 					o.deliver(ctx, m)
 				})
 				continue
-			default:
 			}
 		}
 		handed = 0
@@ -340,7 +279,7 @@ func (o *Outbox) Run(ctx context.Context) error {
 
 // idle waits for Notify, the poll interval or the end of ctx.
 func (o *Outbox) idle(ctx context.Context) {
-	if len(o.direct) > 0 {
+	if o.handover.waiting() {
 		return // Deliver notifies after its send, so a later one wakes us
 	}
 	t := time.NewTimer(o.poll)

@@ -477,7 +477,7 @@ func TestOutboxShutdownFinishesDeliveriesInFlight(t *testing.T) {
 // hands a reply over (kms.Handoff), and returns the row as handed over.
 func (e *outEnv) handOver(t testing.TB, id int64, lease time.Duration) kms.OutboxMessage {
 	t.Helper()
-	if _, err := e.db.Exec(`UPDATE outbox SET claimed_until = $1, attempts = 1 WHERE id = $2`,
+	if _, err := e.db.Exec(`UPDATE outbox SET claimed_until = $1, next_attempt_at = $1, attempts = 1 WHERE id = $2`,
 		e.clock.Now().Add(lease).UnixMilli(), id); err != nil {
 		t.Fatal(err)
 	}
@@ -498,13 +498,17 @@ func (e *outEnv) handOver(t testing.TB, id int64, lease time.Duration) kms.Outbo
 func TestOutboxDeliversHandedOverMail(t *testing.T) {
 	e := newOutEnv(t)
 	md := newMaildir(t)
-	o, stop := e.run(t, OutboxConfig{Transport: md, Lease: time.Hour})
+	// The row is claimed before the worker starts, as the issuing
+	// transaction does: queued unclaimed while the worker runs, the
+	// worker could claim it from the table first.
 	id := e.queue(t, kms.MailCertificate, "alice@example.com")
+	m := e.handOver(t, id, time.Hour)
+	o, stop := e.run(t, OutboxConfig{Transport: md, Lease: time.Hour})
 	lease, ok := o.Reserve()
 	if !ok || lease != time.Hour {
 		t.Fatalf("Reserve = %v, %v; want the lease of 1h", lease, ok)
 	}
-	o.Deliver(e.handOver(t, id, lease))
+	o.Deliver(m)
 	e.waitRow(t, id, "handed-over mail sent", func(r outRow) bool { return r.state == "sent" })
 	if n := len(files(t, md.Dir(), "new")); n != 1 {
 		t.Fatalf("new/ holds %d files, want 1", n)
@@ -517,13 +521,13 @@ func TestOutboxDeliversHandedOverMail(t *testing.T) {
 		t.Errorf("attempts = %d, want 1 (the hand-over counts as the claim)", r.attempts)
 	}
 	// The room is bounded, and given back by Cancel.
-	for i := range handoffRoom {
+	for i := range handoverRoom {
 		if _, ok := o.Reserve(); !ok {
-			t.Fatalf("Reserve %d of %d refused", i+1, handoffRoom)
+			t.Fatalf("Reserve %d of %d refused", i+1, handoverRoom)
 		}
 	}
 	if _, ok := o.Reserve(); ok {
-		t.Fatalf("Reserve beyond %d mails succeeded", handoffRoom)
+		t.Fatalf("Reserve beyond %d mails succeeded", handoverRoom)
 	}
 	o.Cancel()
 	if _, ok := o.Reserve(); !ok {
@@ -556,6 +560,9 @@ func TestOutboxGivesBackHandedOverMailAtStop(t *testing.T) {
 		if r := e.row(t, id); r.state != "pending" || r.claimed != 0 || r.attempts != 0 {
 			t.Errorf("outbox %d: state %s, claimed_until %d, attempts %d; want pending, unclaimed, 0 attempts", id, r.state, r.claimed, r.attempts)
 		}
+	}
+	if got, err := e.store.ClaimOutbox(context.Background(), e.clock.Now(), time.Minute, 10); err != nil || len(got) != 2 {
+		t.Errorf("after the stop a claim from the table took %d of the 2 mails, %v; want both due at once", len(got), err)
 	}
 	if n := o.reserved.Load(); n != 0 {
 		t.Errorf("%d reservations outstanding after the stop, want 0", n)

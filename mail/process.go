@@ -86,6 +86,23 @@ type Processor struct {
 	wake    chan struct{}
 	handled *prometheus.CounterVec
 	chains  *smime.ChainCache // signers whose chain verified, across requests
+	// handover brings messages from the SMTP listener as they are stored
+	// (InboundHandoff: Reserve, Cancel and Deliver are its methods).
+	*handover[kms.Inbound]
+	handedOver, handoverExpired prometheus.Counter
+}
+
+// InboundHandoff takes received messages from the SMTP listener straight to
+// the request processor (*Processor implements it), so that the processor
+// need not claim them from the inbound table and read them back: the
+// listener stores a message already claimed (Store.AcceptInboundClaimed)
+// under a promise of room (Reserve), gives the promise back when nothing
+// new was stored (Cancel), and hands the message over after the commit
+// (Deliver). See handover.
+type InboundHandoff interface {
+	Reserve() (lease time.Duration, ok bool)
+	Cancel()
+	Deliver(m kms.Inbound)
 }
 
 // lease is how long a claimed message is ours before another worker may
@@ -110,8 +127,14 @@ func NewProcessor(opt ProcessorOptions) *Processor {
 		handled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kms_mail_requests_total",
 			Help: "Received messages by outcome: issued, rejected (answered), dropped (not answered), failed."},
 			[]string{"outcome", "reason"})}
+	p.handedOver = prometheus.NewCounter(prometheus.CounterOpts{Name: "kms_inbound_handed_over_total",
+		Help: "Received messages handed to the processor in memory by the SMTP listener, instead of claimed from the inbound table."})
+	p.handoverExpired = prometheus.NewCounter(prometheus.CounterOpts{Name: "kms_inbound_handoff_expired_total",
+		Help: "Handed-over messages that waited in memory for half their lease and were left to be claimed from the table."})
+	p.handover = newHandover(lease, func(m kms.Inbound) int64 { return m.ID }, func(m kms.Inbound) time.Time { return m.ReceivedAt })
+	p.handover.release, p.handover.wake, p.handover.expired = p.releaseIDs, p.Notify, p.handoverExpired.Inc
 	if opt.Registerer != nil {
-		opt.Registerer.MustRegister(p.handled)
+		opt.Registerer.MustRegister(p.handled, p.handedOver, p.handoverExpired)
 	}
 	return p
 }
@@ -124,8 +147,11 @@ func (p *Processor) Notify() {
 	}
 }
 
-// Run processes the queue until ctx ends.
+// Run processes the queue until ctx ends: messages handed over by the SMTP
+// listener first, and after at most a claim's worth of them, messages
+// claimed from the inbound table (retries, and what did not fit in memory).
 func (p *Processor) Run(ctx context.Context) error {
+	p.handover.start()
 	var wg sync.WaitGroup
 	work := make(chan kms.Inbound)
 	for i := 0; i < p.opt.Workers; i++ {
@@ -140,12 +166,18 @@ func (p *Processor) Run(ctx context.Context) error {
 	defer func() {
 		close(work)
 		wg.Wait()
+		p.handover.stop()
 	}()
 	t := time.NewTicker(p.opt.Poll)
 	defer t.Stop()
+	perClaim := 4 * p.opt.Workers
 	for {
 		for {
-			batch, err := p.opt.Queue.ClaimInbound(ctx, p.opt.Clock.Now(), lease, 4*p.opt.Workers)
+			handed, ok := p.feedHandedOver(ctx, work, perClaim)
+			if !ok {
+				return nil
+			}
+			batch, err := p.opt.Queue.ClaimInbound(ctx, p.opt.Clock.Now(), lease, perClaim)
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -161,7 +193,7 @@ func (p *Processor) Run(ctx context.Context) error {
 					return nil
 				}
 			}
-			if len(batch) == 0 {
+			if len(batch) == 0 && handed == 0 {
 				break
 			}
 		}
@@ -172,6 +204,26 @@ func (p *Processor) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// feedHandedOver passes up to limit handed-over messages to the workers
+// and says how many; ok is false when ctx ended meanwhile.
+func (p *Processor) feedHandedOver(ctx context.Context, work chan<- kms.Inbound, limit int) (n int, ok bool) {
+	for n < limit {
+		m, found := p.handover.take(p.opt.Clock.Now())
+		if !found {
+			return n, true
+		}
+		select {
+		case work <- m:
+			n++
+			p.handedOver.Inc()
+		case <-ctx.Done():
+			p.release([]kms.Inbound{m})
+			return n, false
+		}
+	}
+	return n, true
 }
 
 // processOne handles one message and records its fate; a temporary failure
@@ -205,12 +257,16 @@ func (p *Processor) processOne(ctx context.Context, m kms.Inbound) {
 // Without it they would wait for their lease after the restart (on
 // PostgreSQL; a SQLite daemon gives back every claim when it starts).
 func (p *Processor) release(ms []kms.Inbound) {
-	if len(ms) == 0 {
-		return
-	}
 	ids := make([]int64, len(ms))
 	for i, m := range ms {
 		ids[i] = m.ID
+	}
+	p.releaseIDs(ids)
+}
+
+func (p *Processor) releaseIDs(ids []int64) {
+	if len(ids) == 0 {
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kmsmail/kms/clock"
+	"github.com/kmsmail/kms/kms"
 )
 
 // InboundStore is the part of the store the SMTP listener uses (*kms.Store
@@ -23,6 +24,9 @@ import (
 // listener answers 250 right after.
 type InboundStore interface {
 	AcceptInbound(ctx context.Context, raw []byte, mailFrom, remoteAddr string, now time.Time) (id int64, duplicate bool, err error)
+	// AcceptInboundClaimed is AcceptInbound storing a new message already
+	// claimed for lease (> 0), for a hand-over (see InboundHandoff).
+	AcceptInboundClaimed(ctx context.Context, raw []byte, mailFrom, remoteAddr string, now time.Time, lease time.Duration) (id int64, duplicate bool, err error)
 }
 
 // ServerConfig configures the inbound SMTP server. Zero values of the
@@ -41,10 +45,13 @@ type ServerConfig struct {
 	MaxConnectionsPerIP int           // 0: no cap
 	MaxSessionTime      time.Duration // a connection is closed after this long; default 30 minutes
 	Store               InboundStore
-	Clock               clock.Clock           // default clock.System{}
-	Log                 *slog.Logger          // default: discard
-	Notify              func()                // called after each newly stored message; must not block
-	Registerer          prometheus.Registerer // nil: metrics are kept but not registered
+	Clock               clock.Clock  // default clock.System{}
+	Log                 *slog.Logger // default: discard
+	Notify              func()       // called after each newly stored message; must not block
+	// Handoff, if set, is given each newly stored message (the request
+	// processor), which then need not claim it from the store.
+	Handoff    InboundHandoff
+	Registerer prometheus.Registerer // nil: metrics are kept but not registered
 }
 
 // Server is the KMS's inbound SMTP server. It is never an open relay: RCPT
@@ -303,7 +310,19 @@ func (s *session) store(raw []byte, from string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	id, dup, err := s.srv.cfg.Store.AcceptInbound(ctx, raw, from, s.remote, s.srv.cfg.Clock.Now())
+	now := s.srv.cfg.Clock.Now()
+	h := s.srv.cfg.Handoff
+	var lease time.Duration
+	if h != nil {
+		var ok bool
+		if lease, ok = h.Reserve(); !ok {
+			h, lease = nil, 0
+		}
+	}
+	id, dup, err := s.srv.cfg.Store.AcceptInboundClaimed(ctx, raw, from, s.remote, now, lease)
+	if h != nil && (err != nil || dup) {
+		h.Cancel()
+	}
 	if err != nil {
 		s.srv.m.rejected.WithLabelValues(rejectStore).Inc()
 		s.log().Error("smtp: cannot store message; answered 451", "bytes", len(raw), "err", err)
@@ -313,6 +332,9 @@ func (s *session) store(raw []byte, from string) error {
 		s.srv.m.duplicate.Inc()
 		s.log().Info("smtp: message received again; already stored", "inbound_id", id, "bytes", len(raw))
 		return nil
+	}
+	if h != nil {
+		h.Deliver(kms.Inbound{ID: id, MailFrom: from, RemoteAddr: s.remote, Raw: raw, ReceivedAt: now, Attempts: 1})
 	}
 	s.srv.m.accepted.Inc()
 	s.log().Info("smtp: message accepted", "inbound_id", id, "bytes", len(raw))

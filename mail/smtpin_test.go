@@ -13,6 +13,7 @@ import (
 	netsmtp "net/smtp"
 	"net/textproto"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -485,5 +486,93 @@ func TestNewServerChecksConfig(t *testing.T) {
 		if _, err := NewServer(cfg); err == nil {
 			t.Errorf("NewServer(%+v) accepted a bad configuration", cfg)
 		}
+	}
+}
+
+// handoffRecorder is an InboundHandoff that records what the listener does.
+type handoffRecorder struct {
+	mu                 sync.Mutex
+	room               bool
+	reserved, canceled int
+	delivered          []kms.Inbound
+}
+
+func (h *handoffRecorder) Reserve() (time.Duration, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.room {
+		return 0, false
+	}
+	h.reserved++
+	return time.Minute, true
+}
+
+func (h *handoffRecorder) Cancel() { h.mu.Lock(); h.canceled++; h.mu.Unlock() }
+
+func (h *handoffRecorder) Deliver(m kms.Inbound) {
+	h.mu.Lock()
+	h.delivered = append(h.delivered, m)
+	h.mu.Unlock()
+}
+
+// transact sends testMsg in one SMTP transaction and expects code.
+func (e *inEnv) transact(t *testing.T, code int) {
+	t.Helper()
+	c := e.dial(t)
+	send(t, c, 250, "EHLO client.example.org")
+	send(t, c, 250, "MAIL FROM:<alice@example.com>")
+	send(t, c, 250, "RCPT TO:<kms@example.com>")
+	send(t, c, 354, "DATA")
+	io.WriteString(c.W, dotStuffed)
+	c.W.Flush()
+	expect(t, c, code)
+	send(t, c, 221, "QUIT")
+}
+
+// TestServerHandsOverStoredMessages: a new message is stored claimed and
+// handed over with its bytes; the same bytes again (a duplicate) and a
+// failed store give the reservation back; without room, the message is
+// stored unclaimed for the processor to claim from the table.
+func TestServerHandsOverStoredMessages(t *testing.T) {
+	h := &handoffRecorder{room: true}
+	e := startServer(t, func(c *ServerConfig) { c.Handoff = h })
+	e.transact(t, 250)
+	h.mu.Lock()
+	if h.reserved != 1 || h.canceled != 0 || len(h.delivered) != 1 {
+		t.Fatalf("reserved %d, cancelled %d, delivered %d; want 1, 0, 1", h.reserved, h.canceled, len(h.delivered))
+	}
+	m := h.delivered[0]
+	h.mu.Unlock()
+	if string(m.Raw) != testMsg || m.MailFrom != "alice@example.com" || m.Attempts != 1 || m.ID == 0 || !m.ReceivedAt.Equal(fakeClock().Now()) {
+		t.Errorf("handed over %+v", m)
+	}
+	// Claimed for the lease: a claim from the table does not take it.
+	if got, err := e.store.ClaimInbound(context.Background(), fakeClock().Now(), time.Minute, 10); err != nil || len(got) != 0 {
+		t.Errorf("a claim from the table took %d handed-over messages, %v", len(got), err)
+	}
+
+	e.transact(t, 250) // the same bytes: a duplicate
+	h.mu.Lock()
+	if h.reserved != 2 || h.canceled != 1 || len(h.delivered) != 1 {
+		t.Errorf("after a duplicate: reserved %d, cancelled %d, delivered %d; want 2, 1, 1", h.reserved, h.canceled, len(h.delivered))
+	}
+	h.mu.Unlock()
+
+	full := &handoffRecorder{}
+	e = startServer(t, func(c *ServerConfig) { c.Handoff = full })
+	e.transact(t, 250)
+	if len(full.delivered) != 0 || full.canceled != 0 {
+		t.Errorf("without room: delivered %d, cancelled %d; want 0, 0", len(full.delivered), full.canceled)
+	}
+	if got, err := e.store.ClaimInbound(context.Background(), fakeClock().Now(), time.Minute, 10); err != nil || len(got) != 1 {
+		t.Errorf("without room, a claim from the table took %d messages, %v; want the one stored", len(got), err)
+	}
+
+	h = &handoffRecorder{room: true}
+	e = startServer(t, func(c *ServerConfig) { c.Handoff = h })
+	e.store.Close()
+	e.transact(t, 451)
+	if h.reserved != 1 || h.canceled != 1 || len(h.delivered) != 0 {
+		t.Errorf("after a store failure: reserved %d, cancelled %d, delivered %d; want 1, 1, 0", h.reserved, h.canceled, len(h.delivered))
 	}
 }

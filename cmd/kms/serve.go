@@ -267,7 +267,7 @@ func (d *daemon) buildMail() error {
 		MaxMessageBytes: cfg.SMTP.MaxMessageBytes, TLSConfig: tlsConfig,
 		ReadTimeout: cfg.SMTP.ReadTimeout, WriteTimeout: cfg.SMTP.WriteTimeout,
 		MaxConnectionsPerIP: cfg.SMTP.MaxConnectionsPerIP,
-		Store:               d.store, Clock: d.clock, Log: d.log, Notify: d.inbound.Notify, Registerer: d.registry,
+		Store:               d.store, Clock: d.clock, Log: d.log, Notify: d.inbound.Notify, Handoff: d.inbound, Registerer: d.registry,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,200 @@
+package mail
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/kmsmail/kms/clock"
+	"github.com/kmsmail/kms/kms"
+)
+
+// finishRecorder is the store as the processor's queue, telling the test
+// which messages were finished.
+type finishRecorder struct {
+	*kms.Store
+	finished chan int64
+}
+
+func (f *finishRecorder) FinishInbound(ctx context.Context, id int64, state kms.InboundState, outcome string, now time.Time) error {
+	err := f.Store.FinishInbound(ctx, id, state, outcome, now)
+	if err == nil {
+		f.finished <- id
+	}
+	return err
+}
+
+// handoverRig is a processor over a real SQLite store, fed as the SMTP
+// listener feeds it.
+type handoverRig struct {
+	t     *testing.T
+	ctx   context.Context
+	store *kms.Store
+	queue *finishRecorder
+	clk   *clock.Fake
+	p     *Processor
+	n     int
+}
+
+func newHandoverRig(t *testing.T, life Lifecycle) *handoverRig {
+	ctx := context.Background()
+	store, err := kms.OpenStore(ctx, "sqlite", filepath.Join(t.TempDir(), "kms.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	r := &handoverRig{t: t, ctx: ctx, store: store, queue: &finishRecorder{Store: store, finished: make(chan int64, 100)}, clk: clock.NewFake(t0)}
+	// Poll is an hour: only Notify and the hand-over move the processor.
+	r.p = NewProcessor(ProcessorOptions{Service: life, Queue: r.queue, Clock: r.clk, Workers: 1, Poll: time.Hour})
+	return r
+}
+
+// message returns a new message that the processor drops unanswered
+// (Auto-Submitted), or, with blockable, one that makes it look the sender
+// up.
+func (r *handoverRig) message(blockable bool) []byte {
+	r.n++
+	auto := "Auto-Submitted: auto-replied\r\n"
+	if blockable {
+		auto = ""
+	}
+	return fmt.Appendf(nil, "From: ann@example.com\r\nTo: kms@example.com\r\n%sSubject: %d\r\nMessage-ID: <m%d@example.com>\r\n\r\nhello\r\n", auto, r.n, r.n)
+}
+
+// handOver stores raw as the SMTP listener does with a hand-over, and
+// hands it over; it fails the test if there is no room.
+func (r *handoverRig) handOver(raw []byte) int64 {
+	r.t.Helper()
+	lease, ok := r.p.Reserve()
+	if !ok {
+		r.t.Fatal("no room to hand over")
+	}
+	now := r.clk.Now()
+	id, dup, err := r.store.AcceptInboundClaimed(r.ctx, raw, "ann@example.com", "192.0.2.1:25", now, lease)
+	if err != nil || dup {
+		r.t.Fatalf("accept: duplicate %v, %v", dup, err)
+	}
+	r.p.Deliver(kms.Inbound{ID: id, MailFrom: "ann@example.com", RemoteAddr: "192.0.2.1:25", Raw: raw, ReceivedAt: now, Attempts: 1})
+	return id
+}
+
+// run starts the processor and returns its stop function.
+func (r *handoverRig) run() (stop func()) {
+	ctx, cancel := context.WithCancel(r.ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.p.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			r.t.Error(err)
+		}
+	}
+}
+
+// waitFinished waits for the given messages to be finished, in any order,
+// and fails on any other.
+func (r *handoverRig) waitFinished(ids ...int64) {
+	r.t.Helper()
+	want := map[int64]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	for len(want) > 0 {
+		select {
+		case id := <-r.queue.finished:
+			if !want[id] {
+				r.t.Fatalf("message %d finished, not one of %v (or twice)", id, ids)
+			}
+			delete(want, id)
+		case <-time.After(30 * time.Second):
+			r.t.Fatalf("messages %v were never finished", want)
+		}
+	}
+}
+
+// TestProcessorTakesHandedOverMessages: messages handed over by the SMTP
+// listener are processed without a claim from the table (which could not
+// take them: they are claimed from the start), and a message that is only
+// in the table is still claimed and processed beside them.
+func TestProcessorTakesHandedOverMessages(t *testing.T) {
+	r := newHandoverRig(t, &blockingLifecycle{})
+	stop := r.run()
+	defer stop()
+	var ids []int64
+	for range 3 {
+		ids = append(ids, r.handOver(r.message(false)))
+	}
+	tableID, _, err := r.store.AcceptInbound(r.ctx, r.message(false), "ann@example.com", "192.0.2.1:25", r.clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.p.Notify()
+	r.waitFinished(append(ids, tableID)...)
+	if n := value(t, r.p.handedOver); n != 3 {
+		t.Errorf("kms_inbound_handed_over_total = %v, want 3", n)
+	}
+	if n := r.p.reserved.Load(); n != 0 {
+		t.Errorf("%d reservations left, want 0", n)
+	}
+}
+
+// TestProcessorGivesBackHandedOverMessagesAtStop: at shutdown, the message
+// in progress, the one on its way to a worker and those waiting in memory
+// are all given back, claimable at once with their attempt undone; one
+// handed over after the processor stopped is given back too.
+func TestProcessorGivesBackHandedOverMessagesAtStop(t *testing.T) {
+	life := &blockingLifecycle{entered: make(chan struct{}, 1)}
+	r := newHandoverRig(t, life)
+	stop := r.run()
+	for range 4 {
+		r.handOver(r.message(true))
+	}
+	select {
+	case <-life.entered: // one in progress, the rest behind it
+	case <-time.After(30 * time.Second):
+		t.Fatal("the processor never started on a message")
+	}
+	stop()
+	late := r.handOver(r.message(true))
+	if n := r.p.reserved.Load(); n != 0 {
+		t.Errorf("%d reservations left, want 0", n)
+	}
+	again, err := r.store.ClaimInbound(r.ctx, r.clk.Now(), time.Minute, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again) != 5 || again[4].ID != late {
+		t.Fatalf("after the shutdown %d of 5 messages could be claimed; the rest wait for their lease", len(again))
+	}
+	for _, m := range again {
+		if m.Attempts != 1 {
+			t.Errorf("message %d: %d attempts, want 1 (the hand-over's is undone)", m.ID, m.Attempts)
+		}
+	}
+}
+
+// TestProcessorLeavesStaleHandOverToTheTable: a message that waited in
+// memory for more than half its lease is not processed from memory (its
+// claim could run out meanwhile, and a claim from the table take it too)
+// but from the table once the lease is over: exactly once.
+func TestProcessorLeavesStaleHandOverToTheTable(t *testing.T) {
+	r := newHandoverRig(t, &blockingLifecycle{})
+	id := r.handOver(r.message(false))
+	r.clk.Advance(lease/2 + time.Second)
+	stop := r.run()
+	defer stop()
+	eventually(t, "the stale hand-over dropped", func() bool { return value(t, r.p.handoverExpired) == 1 })
+	select {
+	case got := <-r.queue.finished:
+		t.Fatalf("message %d processed from memory (or claimed within its lease)", got)
+	case <-time.After(50 * time.Millisecond):
+	}
+	r.clk.Advance(lease / 2)
+	r.p.Notify()
+	r.waitFinished(id)
+	if n := value(t, r.p.handedOver); n != 0 {
+		t.Errorf("kms_inbound_handed_over_total = %v, want 0", n)
+	}
+}

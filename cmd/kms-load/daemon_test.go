@@ -112,8 +112,9 @@ func startDaemon(t testing.TB, o daemonOptions) *testDaemon {
 	if err != nil {
 		t.Fatal(err)
 	}
+	d.svc.SetHandoff(outbox) // as cmd/kms does
 	smtpSrv, err := mail.NewServer(mail.ServerConfig{Hostname: "kms.example.com", Address: "kms@example.com",
-		MaxMessageBytes: 1 << 20, Store: store, Clock: clk, Log: log, Notify: proc.Notify, Registerer: reg})
+		MaxMessageBytes: 1 << 20, Store: store, Clock: clk, Log: log, Notify: proc.Notify, Handoff: proc, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/smtp"
 	"runtime"
 	"strings"
 	"sync"
@@ -352,7 +351,7 @@ func (g *generator) phase(ctx context.Context, users []*user, renewal bool, w *w
 	// The connections open before the clock starts, and a daemon that
 	// refuses them now is misconfigured rather than restarting: no retry.
 	// Each sender owns its connection from here on, and closes it.
-	conns := make([]*smtp.Client, 0, g.o.Concurrency)
+	conns := make([]*smtpClient, 0, g.o.Concurrency)
 	defer func() {
 		for _, c := range conns { // those no sender took: the phase failed first
 			c.Close()

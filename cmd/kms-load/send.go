@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/smtp"
+	"net"
 	"net/textproto"
 	"time"
 )
@@ -23,10 +23,10 @@ import (
 // crashed between its commit and the 250): the daemon recognises the same
 // bytes by their digest, answers 250 and does not act twice. A 5xx fails
 // the run. This is on in every run: a normal one reports 0 retries.
-func (g *generator) send(ctx context.Context, c *smtp.Client, ready <-chan *user, renewal bool) error {
-	// net/smtp has no context: closing the connection ends a transaction
-	// that a stuck daemon never answers.
-	watch := func(c *smtp.Client) func() bool { return context.AfterFunc(ctx, func() { c.Close() }) }
+func (g *generator) send(ctx context.Context, c *smtpClient, ready <-chan *user, renewal bool) error {
+	// The client has no context: closing the connection ends a
+	// transaction that a stuck daemon never answers.
+	watch := func(c *smtpClient) func() bool { return context.AfterFunc(ctx, func() { c.Close() }) }
 	stop := watch(c)
 	defer func() {
 		if c != nil && stop() {
@@ -68,7 +68,7 @@ func (g *generator) send(ctx context.Context, c *smtp.Client, ready <-chan *user
 				g.retries++
 				g.mu.Unlock()
 			}
-			err := transaction(c, u.email, g.t.KMSAddress, r.msg)
+			err := c.send(u.email, g.t.KMSAddress, r.msg)
 			if err == nil {
 				break
 			}
@@ -91,14 +91,15 @@ func (g *generator) send(ctx context.Context, c *smtp.Client, ready <-chan *user
 }
 
 // dial opens an SMTP connection to the daemon and greets it.
-func (g *generator) dial() (*smtp.Client, error) {
-	c, err := smtp.Dial(g.t.SMTPAddr)
+func (g *generator) dial() (*smtpClient, error) {
+	conn, err := net.Dial("tcp", g.t.SMTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("SMTP connect %s: %w", g.t.SMTPAddr, err)
 	}
-	if err := c.Hello("kms-load.localhost"); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("SMTP EHLO: %w", err)
+	c, err := newSMTPClient(conn, "kms-load.localhost")
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("SMTP greeting and EHLO: %w", err)
 	}
 	return c, nil
 }
@@ -113,7 +114,7 @@ const (
 // redial reconnects after a failed transaction: it waits a backoff first
 // (doubling from retryFirst up to retryMax) and tries until a connection
 // is greeted or ctx, bounded by the run's --timeout, ends.
-func (g *generator) redial(ctx context.Context) (*smtp.Client, error) {
+func (g *generator) redial(ctx context.Context) (*smtpClient, error) {
 	wait := retryFirst
 	for {
 		t := time.NewTimer(wait)
@@ -143,22 +144,4 @@ func transient(err error) bool {
 		return te.Code < 500
 	}
 	return true
-}
-
-// transaction sends one message on an open connection.
-func transaction(c *smtp.Client, from, to string, msg []byte) error {
-	if err := c.Mail(from); err != nil {
-		return err
-	}
-	if err := c.Rcpt(to); err != nil {
-		return err
-	}
-	w, err := c.Data()
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(msg); err != nil {
-		return err
-	}
-	return w.Close() // returns after the reply to the final dot: the 250
 }

@@ -3,7 +3,9 @@ package mail
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -196,5 +198,50 @@ func TestProcessorLeavesStaleHandOverToTheTable(t *testing.T) {
 	r.waitFinished(id)
 	if n := value(t, r.p.handedOver); n != 0 {
 		t.Errorf("kms_inbound_handed_over_total = %v, want 0", n)
+	}
+}
+
+// TestGivingBackFailsLoudly: when the store cannot take back a claim at
+// shutdown (it is gone), the processor and the delivery worker say so and
+// what it means (the rows wait for their lease), and carry on.
+func TestGivingBackFailsLoudly(t *testing.T) {
+	r := newHandoverRig(t, &blockingLifecycle{})
+	log := &syncBuffer{}
+	r.p.opt.Log = slog.New(slog.NewTextHandler(log, nil))
+	stop := r.run()
+	stop()
+	lease, ok := r.p.Reserve()
+	if !ok {
+		t.Fatal("no room")
+	}
+	id, _, err := r.store.AcceptInboundClaimed(r.ctx, r.message(false), "ann@example.com", "192.0.2.1:25", r.clk.Now(), lease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.store.Close()
+	r.p.Deliver(kms.Inbound{ID: id, ReceivedAt: r.clk.Now(), Attempts: 1}) // after the stop: given back at once, and that fails
+	if !strings.Contains(log.String(), "cannot give back claimed messages at shutdown; they wait for their lease") ||
+		!strings.Contains(log.String(), "messages=1") {
+		t.Errorf("processor log:\n%s", log)
+	}
+
+	e := newOutEnv(t)
+	outLog := &syncBuffer{}
+	o, err := NewOutbox(OutboxConfig{Store: e.store, Clock: e.clock, From: kmsAddr, Renderer: textRenderer{from: kmsAddr},
+		Transport: newMaildir(t), Log: slog.New(slog.NewTextHandler(outLog, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mailID := e.queue(t, kms.MailCertificate, "alice@example.com")
+	o.Reserve()
+	o.Deliver(e.handOver(t, mailID, time.Hour))
+	e.store.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := o.Run(ctx); err != nil { // stops at once, giving the mail back: that fails
+		t.Fatal(err)
+	}
+	if !strings.Contains(outLog.String(), "cannot give back mails handed over and not delivered; they wait for their lease") {
+		t.Errorf("outbox log:\n%s", outLog)
 	}
 }

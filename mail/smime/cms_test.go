@@ -240,6 +240,15 @@ func TestCertsOnlyRoundTrip(t *testing.T) {
 	if _, err := ParseCertsOnly([]byte{0x30, 0x03, 0x02, 0x01, 0x01}); !errors.Is(err, ErrMalformed) {
 		t.Errorf("garbage: %v", err)
 	}
+	// The same bytes as the pkcs7 library's encoder, which wrote them
+	// before (and what TestComposeInterop has every tool read).
+	want, err := pkcs7.DegenerateCertificate(append(append([]byte{}, u.cert.Raw...), p.ca.cert.Raw...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(der, want) {
+		t.Errorf("CertsOnly differs from pkcs7.DegenerateCertificate:\n got %x\nwant %x", der, want)
+	}
 }
 
 func mustOIDDER(oid asn1.ObjectIdentifier) []byte {

@@ -141,6 +141,7 @@ func (m *Message) check() error {
 // the signature.
 func (m *Message) innerEntity() ([]byte, error) {
 	var text bytes.Buffer
+	text.Grow(128 + len(m.Text) + len(m.Text)/8) // headers, the text, soft line breaks and escapes
 	text.WriteString("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n")
 	qp := quotedprintable.NewWriter(&text)
 	if _, err := qp.Write([]byte(strings.ReplaceAll(m.Text, "\r\n", "\n"))); err != nil {

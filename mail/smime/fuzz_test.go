@@ -114,8 +114,13 @@ func FuzzParseCMS(f *testing.F) {
 	g := loadGoldenPKI(f)
 	key := g.kms.key.(crypto.Decrypter)
 	f.Fuzz(func(t *testing.T, in []byte) {
-		der, _, err := toDER(in)
+		der, oid, err := toDER(in)
 		checkSentinel(t, "toDER", err)
+		// The DER fast path and the parse tree agree.
+		slow, slowOID, slowErr := toDERSlow(in)
+		if (err == nil) != (slowErr == nil) || string(der) != string(slow) || !oid.Equal(slowOID) {
+			t.Fatalf("toDER %x, %v, %v; toDERSlow %x, %v, %v", der, oid, err, slow, slowOID, slowErr)
+		}
 		if err == nil {
 			// DER is a fixed point of the conversion.
 			again, _, err := toDER(der)

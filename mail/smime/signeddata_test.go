@@ -277,3 +277,36 @@ func TestSignedDataMalformed(t *testing.T) {
 		})
 	}
 }
+
+// TestToDERFastPath: DER input comes back as it is, without a parse tree;
+// BER input (streamed, or with a length in a longer form than needed) is
+// converted; and both ways give what the parse tree gives.
+func TestToDERFastPath(t *testing.T) {
+	for _, name := range signedGolden {
+		r, err := ParseRequest(readGolden(t, name), DefaultLimits())
+		if err != nil {
+			t.Fatal(err)
+		}
+		der, oid, err := toDER(r.cms)
+		slow, slowOID, slowErr := toDERSlow(r.cms)
+		if err != nil || slowErr != nil || !bytes.Equal(der, slow) || !oid.Equal(slowOID) {
+			t.Fatalf("%s: toDER and toDERSlow differ (%v, %v)", name, err, slowErr)
+		}
+		same := bytes.Equal(der, r.cms)
+		if fast := &der[0] == &r.cms[0]; fast != same {
+			t.Errorf("%s: input is DER %v, returned without conversion %v", name, same, fast)
+		}
+		if name == "openssl-cms-opaque-stream-ec.eml" && same {
+			t.Errorf("%s: streamed BER came back unconverted", name)
+		}
+	}
+	// SEQUENCE { OID signedData, [0] { OCTET STRING "x" } }, the OCTET
+	// STRING's length in two octets where one would do.
+	oidBytes := []byte{0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02}
+	long := append(append([]byte{0x30, 0x11}, oidBytes...), 0xa0, 0x04, 0x04, 0x81, 0x01, 'x')
+	want := append(append([]byte{0x30, 0x10}, oidBytes...), 0xa0, 0x03, 0x04, 0x01, 'x')
+	der, oid, err := toDER(long)
+	if err != nil || !oid.Equal(oidSignedData) || !bytes.Equal(der, want) {
+		t.Errorf("non-minimal length: %x, %v, %v; want %x", der, oid, err, want)
+	}
+}

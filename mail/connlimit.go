@@ -38,7 +38,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		ip := remoteIP(c.RemoteAddr())
-		lc := &limitConn{Conn: c}
+		lc := &limitConn{Conn: &batchedReplies{Conn: c}, raw: c}
 		lc.release = func() { l.release(ip, lc) }
 		l.mu.Lock()
 		over := l.perIP > 0 && l.count[ip] >= l.perIP
@@ -83,7 +83,10 @@ func (l *limitListener) closeAll() {
 	}
 	l.mu.Unlock()
 	for _, c := range conns {
-		c.Conn.Close() // the server's own Close of limitConn releases the slot
+		// Closed under the server, without sending what it holds: a client
+		// that stopped reading would make that wait. The server's own
+		// Close of limitConn releases the slot.
+		c.raw.Close()
 	}
 }
 
@@ -109,9 +112,11 @@ func remoteIP(a net.Addr) string {
 	return host
 }
 
-// limitConn gives its slot back when closed, once.
+// limitConn gives its slot back when closed, once. Its replies are sent in
+// batches (batchedReplies) over raw, the accepted connection.
 type limitConn struct {
 	net.Conn
+	raw     net.Conn
 	once    sync.Once
 	release func()
 	timer   *time.Timer

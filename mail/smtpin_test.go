@@ -268,15 +268,7 @@ func TestServerStoresDuplicateOnce(t *testing.T) {
 	e := startServer(t, nil)
 	for i := range 2 {
 		// A client that lost the first 250 sends the same bytes again.
-		c := e.dial(t)
-		send(t, c, 250, "EHLO client.example.org")
-		send(t, c, 250, "MAIL FROM:<alice@example.com>")
-		send(t, c, 250, "RCPT TO:<kms@example.com>")
-		send(t, c, 354, "DATA")
-		io.WriteString(c.W, dotStuffed)
-		c.W.Flush()
-		expect(t, c, 250)
-		send(t, c, 221, "QUIT")
+		e.transact(t, 250)
 		if raws, _ := e.rows(t); len(raws) != 1 {
 			t.Fatalf("after sending %d times: %d rows stored, want 1", i+1, len(raws))
 		}
@@ -366,14 +358,7 @@ func TestServerSTARTTLS(t *testing.T) {
 func TestServerStoreFailureIs451(t *testing.T) {
 	e := startServer(t, nil)
 	e.store.Close() // every AcceptInbound now fails
-	c := e.dial(t)
-	send(t, c, 250, "EHLO client.example.org")
-	send(t, c, 250, "MAIL FROM:<alice@example.com>")
-	send(t, c, 250, "RCPT TO:<kms@example.com>")
-	send(t, c, 354, "DATA")
-	io.WriteString(c.W, dotStuffed)
-	c.W.Flush()
-	msg := expect(t, c, 451)
+	msg := e.transact(t, 451)
 	if !strings.HasPrefix(msg, "4.3.0 ") || strings.Contains(msg, "database") || strings.Contains(msg, "sql") {
 		t.Errorf("451 text %q: want 4.3.0 and a generic text, no cause", msg)
 	}
@@ -515,8 +500,9 @@ func (h *handoffRecorder) Deliver(m kms.Inbound) {
 	h.mu.Unlock()
 }
 
-// transact sends testMsg in one SMTP transaction and expects code.
-func (e *inEnv) transact(t *testing.T, code int) {
+// transact sends testMsg from alice in one SMTP transaction, expects code
+// as the final reply and returns its text.
+func (e *inEnv) transact(t *testing.T, code int) string {
 	t.Helper()
 	c := e.dial(t)
 	send(t, c, 250, "EHLO client.example.org")
@@ -525,8 +511,9 @@ func (e *inEnv) transact(t *testing.T, code int) {
 	send(t, c, 354, "DATA")
 	io.WriteString(c.W, dotStuffed)
 	c.W.Flush()
-	expect(t, c, code)
+	msg := expect(t, c, code)
 	send(t, c, 221, "QUIT")
+	return msg
 }
 
 // TestServerHandsOverStoredMessages: a new message is stored claimed and

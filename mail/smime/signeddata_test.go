@@ -163,6 +163,21 @@ func TestSignerBySubjectKeyIdentifier(t *testing.T) {
 	}
 }
 
+// elements splits the contents of a constructed DER element into its
+// elements, whole.
+func elements(s cryptobyte.String) [][]byte {
+	var out [][]byte
+	for !s.Empty() {
+		var e cryptobyte.String
+		var tag cbasn1.Tag
+		if !s.ReadAnyASN1Element(&e, &tag) {
+			panic("malformed test input")
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
 // TestSignedDataMalformed: each structural fault in an otherwise valid
 // SignedData is refused as ErrMalformed (or ErrNotSigned), never a panic.
 func TestSignedDataMalformed(t *testing.T) {
@@ -185,14 +200,7 @@ func TestSignedDataMalformed(t *testing.T) {
 		ci.ReadASN1Element(&oid, cbasn1.OBJECT_IDENTIFIER)
 		ci.ReadASN1(&wrapped, tagExplicit0)
 		wrapped.ReadASN1(&body, cbasn1.SEQUENCE)
-		var fields [][]byte
-		for !body.Empty() {
-			var f cryptobyte.String
-			var tag cbasn1.Tag
-			body.ReadAnyASN1Element(&f, &tag)
-			fields = append(fields, f)
-		}
-		fields = edit(fields)
+		fields := edit(elements(body))
 		var b cryptobyte.Builder
 		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 			b.AddBytes(oid)
@@ -250,14 +258,7 @@ func TestSignedDataMalformed(t *testing.T) {
 			b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) {
 				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 					// Drop the trailing OCTET STRING (the signature).
-					s := cryptobyte.String(cut)
-					var fields [][]byte
-					for !s.Empty() {
-						var e cryptobyte.String
-						var tag cbasn1.Tag
-						s.ReadAnyASN1Element(&e, &tag)
-						fields = append(fields, e)
-					}
+					fields := elements(cut)
 					for _, e := range fields[:len(fields)-1] {
 						b.AddBytes(e)
 					}

@@ -38,9 +38,9 @@ type handover[T any] struct {
 	reserved atomic.Int64
 }
 
-// handoverRoom is how many rows may wait in memory. Each is at most a
-// message (a few kilobytes, bounded by max_message_bytes); beyond it, rows
-// wait in their table to be claimed.
+// handoverRoom is how many rows may wait in memory; beyond it, rows wait in
+// their table to be claimed. Each is a reply or a received message of at
+// most maxHandedOverBytes (larger ones are not handed over).
 const handoverRoom = 1024
 
 func newHandover[T any](lease time.Duration, id func(T) int64, since func(T) time.Time) *handover[T] {

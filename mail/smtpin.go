@@ -301,6 +301,12 @@ func (s *session) Data(r io.Reader) error {
 	return s.store(raw, from)
 }
 
+// maxHandedOverBytes is the largest message handed to the processor in
+// memory (InboundHandoff). A request is a few kilobytes; with at most
+// handoverRoom messages waiting, this bounds their memory to 64 MiB
+// whatever max_message_bytes allows.
+const maxHandedOverBytes = 64 << 10
+
 // store commits raw; only its success may become a 250.
 func (s *session) store(raw []byte, from string) error {
 	s.srv.commit.RLock()
@@ -312,6 +318,9 @@ func (s *session) store(raw []byte, from string) error {
 	defer cancel()
 	now := s.srv.cfg.Clock.Now()
 	h := s.srv.cfg.Handoff
+	if len(raw) > maxHandedOverBytes {
+		h = nil // memory stays bounded: the processor claims it from the store
+	}
 	var lease time.Duration
 	if h != nil {
 		var ok bool

@@ -555,6 +555,24 @@ func TestServerHandsOverStoredMessages(t *testing.T) {
 		t.Errorf("without room, a claim from the table took %d messages, %v; want the one stored", len(got), err)
 	}
 
+	// A large message is not held in memory: it waits in the store.
+	big := &handoffRecorder{room: true}
+	e = startServer(t, func(c *ServerConfig) { c.Handoff = big; c.MaxMessageBytes = 2 * maxHandedOverBytes })
+	c := e.dial(t)
+	send(t, c, 250, "EHLO client.example.org")
+	send(t, c, 250, "MAIL FROM:<alice@example.com>")
+	send(t, c, 250, "RCPT TO:<kms@example.com>")
+	send(t, c, 354, "DATA")
+	io.WriteString(c.W, "Subject: big\r\n\r\n"+strings.Repeat(strings.Repeat("x", 998)+"\r\n", maxHandedOverBytes/1000+1)+".\r\n")
+	c.W.Flush()
+	expect(t, c, 250)
+	if big.reserved != 0 || len(big.delivered) != 0 {
+		t.Errorf("a message over %d bytes: reserved %d, delivered %d; want it left in the store", maxHandedOverBytes, big.reserved, len(big.delivered))
+	}
+	if got, err := e.store.ClaimInbound(context.Background(), fakeClock().Now(), time.Minute, 10); err != nil || len(got) != 1 {
+		t.Errorf("the large message: a claim from the table took %d, %v; want it", len(got), err)
+	}
+
 	h = &handoffRecorder{room: true}
 	e = startServer(t, func(c *ServerConfig) { c.Handoff = h })
 	e.store.Close()

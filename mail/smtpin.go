@@ -343,7 +343,11 @@ func (s *session) store(raw []byte, from string) error {
 		return nil
 	}
 	if h != nil {
-		h.Deliver(kms.Inbound{ID: id, MailFrom: from, RemoteAddr: s.remote, Raw: raw, ReceivedAt: now, Attempts: 1})
+		// As the row stores it (milliseconds, UTC), so that a message is
+		// verified at the same instant whichever way it reaches the
+		// processor.
+		received := time.UnixMilli(now.UnixMilli()).UTC()
+		h.Deliver(kms.Inbound{ID: id, MailFrom: from, RemoteAddr: s.remote, Raw: raw, ReceivedAt: received, Attempts: 1})
 	}
 	s.srv.m.accepted.Inc()
 	s.log().Info("smtp: message accepted", "inbound_id", id, "bytes", len(raw))

@@ -21,6 +21,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kmsmail/kms/clock"
 	"github.com/kmsmail/kms/kms"
 )
 
@@ -579,5 +580,29 @@ func TestServerHandsOverStoredMessages(t *testing.T) {
 	e.transact(t, 451)
 	if h.reserved != 1 || h.canceled != 1 || len(h.delivered) != 0 {
 		t.Errorf("after a store failure: reserved %d, cancelled %d, delivered %d; want 1, 1, 0", h.reserved, h.canceled, len(h.delivered))
+	}
+}
+
+// TestServerHandsOverTheStoredReceiptTime: a handed-over message carries
+// the receipt time as the store keeps it, so that it is verified at the
+// same instant as when claimed from the table.
+func TestServerHandsOverTheStoredReceiptTime(t *testing.T) {
+	h := &handoffRecorder{room: true}
+	clk := clock.NewFake(t0.Add(1234567 * time.Nanosecond))
+	e := startServer(t, func(c *ServerConfig) { c.Handoff = h; c.Clock = clk })
+	e.transact(t, 250)
+	if len(h.delivered) != 1 {
+		t.Fatalf("%d messages handed over, want 1", len(h.delivered))
+	}
+	m := h.delivered[0]
+	if err := e.store.ReleaseInbound(context.Background(), []int64{m.ID}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.store.ClaimInbound(context.Background(), clk.Now(), time.Minute, 1)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("claim: %d, %v", len(got), err)
+	}
+	if !m.ReceivedAt.Equal(got[0].ReceivedAt) || m.ReceivedAt.Location() != got[0].ReceivedAt.Location() {
+		t.Errorf("handed over with receipt time %v, stored %v", m.ReceivedAt, got[0].ReceivedAt)
 	}
 }

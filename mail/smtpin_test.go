@@ -284,14 +284,7 @@ func TestServerStoresDuplicateOnce(t *testing.T) {
 
 func TestServerAcceptsNullSender(t *testing.T) {
 	e := startServer(t, nil)
-	c := e.dial(t)
-	send(t, c, 250, "EHLO mailer-daemon.example.org")
-	send(t, c, 250, "MAIL FROM:<>")
-	send(t, c, 250, "RCPT TO:<kms@example.com>")
-	send(t, c, 354, "DATA")
-	io.WriteString(c.W, dotStuffed)
-	c.W.Flush()
-	expect(t, c, 250)
+	e.transactFrom(t, "", dotStuffed, 250)
 	if _, froms := e.rows(t); len(froms) != 1 || froms[0] != "" {
 		t.Fatalf("stored senders %q, want one null sender", froms)
 	}
@@ -505,12 +498,20 @@ func (h *handoffRecorder) Deliver(m kms.Inbound) {
 // as the final reply and returns its text.
 func (e *inEnv) transact(t *testing.T, code int) string {
 	t.Helper()
+	return e.transactFrom(t, "alice@example.com", dotStuffed, code)
+}
+
+// transactFrom sends data (dot-stuffed, with its final ".") from the
+// envelope sender from in one SMTP transaction, expects code as the final
+// reply and returns its text.
+func (e *inEnv) transactFrom(t *testing.T, from, data string, code int) string {
+	t.Helper()
 	c := e.dial(t)
 	send(t, c, 250, "EHLO client.example.org")
-	send(t, c, 250, "MAIL FROM:<alice@example.com>")
+	send(t, c, 250, "MAIL FROM:<%s>", from)
 	send(t, c, 250, "RCPT TO:<kms@example.com>")
 	send(t, c, 354, "DATA")
-	io.WriteString(c.W, dotStuffed)
+	io.WriteString(c.W, data)
 	c.W.Flush()
 	msg := expect(t, c, code)
 	send(t, c, 221, "QUIT")
@@ -559,14 +560,7 @@ func TestServerHandsOverStoredMessages(t *testing.T) {
 	// A large message is not held in memory: it waits in the store.
 	big := &handoffRecorder{room: true}
 	e = startServer(t, func(c *ServerConfig) { c.Handoff = big; c.MaxMessageBytes = 2 * maxHandedOverBytes })
-	c := e.dial(t)
-	send(t, c, 250, "EHLO client.example.org")
-	send(t, c, 250, "MAIL FROM:<alice@example.com>")
-	send(t, c, 250, "RCPT TO:<kms@example.com>")
-	send(t, c, 354, "DATA")
-	io.WriteString(c.W, "Subject: big\r\n\r\n"+strings.Repeat(strings.Repeat("x", 998)+"\r\n", maxHandedOverBytes/1000+1)+".\r\n")
-	c.W.Flush()
-	expect(t, c, 250)
+	e.transactFrom(t, "alice@example.com", "Subject: big\r\n\r\n"+strings.Repeat(strings.Repeat("x", 998)+"\r\n", maxHandedOverBytes/1000+1)+".\r\n", 250)
 	if big.reserved != 0 || len(big.delivered) != 0 {
 		t.Errorf("a message over %d bytes: reserved %d, delivered %d; want it left in the store", maxHandedOverBytes, big.reserved, len(big.delivered))
 	}

@@ -7,9 +7,11 @@ import (
 
 // batchedReplies is a server connection that holds what the server writes
 // until the server next reads, and then sends it in one write: the
-// replies to pipelined commands leave in one packet, as RFC 2920 section
-// 3.2 asks of a server ("the server ... sends its responses in groups",
-// before it waits for more input).
+// replies to pipelined commands leave in one packet. RFC 2920 section 3.2
+// says a server offering PIPELINING should keep the responses to grouped
+// commands so that they can be sent as a unit, and must send all pending
+// responses as soon as its input buffer is empty: go-smtp reads from the
+// connection only when its own buffer is empty, and that read sends them.
 //
 // go-smtp writes and flushes each reply line itself. A client that
 // pipelines (Postfix towards a server that offers PIPELINING) sends MAIL,

@@ -151,15 +151,22 @@ func (s *spawned) pid() int {
 	return s.cmd.Process.Pid
 }
 
+// detach takes the running daemon's process and its exit channel, leaving
+// none running as far as s knows; cmd is nil when none was.
+func (s *spawned) detach() (cmd *exec.Cmd, exited chan error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cmd, exited = s.cmd, s.exited
+	s.cmd = nil
+	return cmd, exited
+}
+
 // kill crashes the daemon: SIGKILL, no shutdown of any kind, as a power
 // cut or the OOM killer would end it. It returns once the process is gone
 // (its listening sockets closed by the kernel), so that start can bring it
 // back on the same ports.
 func (s *spawned) kill() error {
-	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
-	s.cmd = nil
-	s.mu.Unlock()
+	cmd, exited := s.detach()
 	if cmd == nil {
 		return errors.New("kms serve is not running")
 	}
@@ -217,10 +224,7 @@ log:
 // stop ends the daemon gracefully (SIGTERM), or kills it after 15 seconds.
 // A daemon that is not running (killed, or never started) is no error.
 func (s *spawned) stop() error {
-	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
-	s.cmd = nil
-	s.mu.Unlock()
+	cmd, exited := s.detach()
 	if cmd == nil {
 		return nil
 	}

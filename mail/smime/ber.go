@@ -227,9 +227,7 @@ func toDER(in []byte) ([]byte, asn1.ObjectIdentifier, error) {
 			// Already DER, as nearly every mail client writes it: the
 			// conversion would return the same bytes (a parse tree of
 			// ~10 KB, 7% of what the daemon allocates a renewal).
-			if der, oid, err := contentInfoType(in); err == nil {
-				return der, oid, nil
-			}
+			return contentInfoType(in)
 		}
 	}
 	return toDERSlow(in)
@@ -241,23 +239,12 @@ func toDERSlow(in []byte) ([]byte, asn1.ObjectIdentifier, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(n.tag) != 1 || n.tag[0] != 0x30 || len(n.children) == 0 ||
-		len(n.children[0].tag) != 1 || n.children[0].tag[0] != 0x06 {
-		return nil, nil, fmt.Errorf("%w: not a CMS ContentInfo", ErrMalformed)
-	}
-	var oid asn1.ObjectIdentifier
-	oidDER := (&berNode{tag: []byte{0x06}, content: n.children[0].content})
-	oidDER.computeDER()
-	if _, err := asn1.Unmarshal(oidDER.appendDER(nil), &oid); err != nil {
-		return nil, nil, fmt.Errorf("%w: bad CMS content type: %v", ErrMalformed, err)
-	}
 	size := n.computeDER()
-	return n.appendDER(make([]byte, 0, size)), oid, nil
+	return contentInfoType(n.appendDER(make([]byte, 0, size)))
 }
 
-// contentInfoType checks that der, which derWalker accepted, starts like a
-// ContentInfo (a SEQUENCE whose first element is an OID) and returns it
-// with that OID. On an error toDER takes the slow path, which words it.
+// contentInfoType checks that der starts like a ContentInfo (a SEQUENCE
+// whose first element is an OID) and returns it with that OID.
 func contentInfoType(der []byte) ([]byte, asn1.ObjectIdentifier, error) {
 	var raw asn1.RawValue
 	if _, err := asn1.Unmarshal(der, &raw); err != nil || raw.FullBytes[0] != 0x30 || len(raw.Bytes) == 0 || raw.Bytes[0] != 0x06 {

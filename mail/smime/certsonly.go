@@ -29,20 +29,20 @@ func CertsOnly(certs ...*x509.Certificate) ([]byte, error) {
 	empty := func(*cryptobyte.Builder) {}
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) { // ContentInfo
 		b.AddASN1ObjectIdentifier(oidSignedData)
-		b.AddASN1(tagExplicit0, func(b *cryptobyte.Builder) {
+		b.AddASN1(tagContext0, func(b *cryptobyte.Builder) {
 			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) { // SignedData
 				b.AddASN1Int64(1)            // version
 				b.AddASN1(cbasn1.SET, empty) // digestAlgorithms
 				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 					b.AddASN1ObjectIdentifier(oidData) // no content
 				})
-				b.AddASN1(tagImplicit0, func(b *cryptobyte.Builder) { // certificates
+				b.AddASN1(tagContext0, func(b *cryptobyte.Builder) { // certificates
 					for _, c := range certs {
 						b.AddBytes(c.Raw)
 					}
 				})
-				b.AddASN1(tagImplicit1, empty) // crls
-				b.AddASN1(cbasn1.SET, empty)   // signerInfos
+				b.AddASN1(tagContext1, empty) // crls
+				b.AddASN1(cbasn1.SET, empty)  // signerInfos
 			})
 		})
 	})

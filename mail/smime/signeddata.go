@@ -55,10 +55,13 @@ func (si *signerInfo) matches(c *x509.Certificate) bool {
 
 // Context-specific tags of SignedData and SignerInfo.
 var (
-	tagExplicit0 = cbasn1.Tag(0).Constructed().ContextSpecific()
-	tagImplicit0 = cbasn1.Tag(0).Constructed().ContextSpecific() // certificates, signedAttrs
-	tagImplicit1 = cbasn1.Tag(1).Constructed().ContextSpecific() // crls, unsignedAttrs
-	tagSKI       = cbasn1.Tag(0).ContextSpecific()               // subjectKeyIdentifier
+	// [0], constructed: ContentInfo's content and eContent (explicit),
+	// certificates and signedAttrs (implicit).
+	tagContext0 = cbasn1.Tag(0).Constructed().ContextSpecific()
+	// [1], constructed: crls and unsignedAttrs.
+	tagContext1 = cbasn1.Tag(1).Constructed().ContextSpecific()
+	// [0], primitive: a signer named by subjectKeyIdentifier.
+	tagSKI = cbasn1.Tag(0).ContextSpecific()
 )
 
 // parseSignedData parses a DER ContentInfo holding SignedData, as toDER
@@ -69,7 +72,7 @@ func parseSignedData(der []byte) (*signedData, error) {
 	var ctype asn1.ObjectIdentifier
 	if !in.ReadASN1(&ci, cbasn1.SEQUENCE) || !in.Empty() ||
 		!ci.ReadASN1ObjectIdentifier(&ctype) ||
-		!ci.ReadASN1(&sd, tagExplicit0) || !ci.Empty() {
+		!ci.ReadASN1(&sd, tagContext0) || !ci.Empty() {
 		return nil, malformed("ContentInfo")
 	}
 	if !ctype.Equal(oidSignedData) {
@@ -90,8 +93,8 @@ func parseSignedData(der []byte) (*signedData, error) {
 	}
 	var certs cryptobyte.String
 	var hasCerts bool
-	if !body.ReadOptionalASN1(&certs, &hasCerts, tagImplicit0) ||
-		!body.SkipOptionalASN1(tagImplicit1) || // CRLs: revocation is kms's own business
+	if !body.ReadOptionalASN1(&certs, &hasCerts, tagContext0) ||
+		!body.SkipOptionalASN1(tagContext1) || // CRLs: revocation is kms's own business
 		!body.ReadASN1(&signers, cbasn1.SET) || !body.Empty() {
 		return nil, malformed("SignedData")
 	}
@@ -120,7 +123,7 @@ func parseEncapsulated(encap cryptobyte.String) ([]byte, error) {
 	var wrapped cryptobyte.String
 	var present bool
 	if !encap.ReadASN1ObjectIdentifier(&ctype) ||
-		!encap.ReadOptionalASN1(&wrapped, &present, tagExplicit0) || !encap.Empty() {
+		!encap.ReadOptionalASN1(&wrapped, &present, tagContext0) || !encap.Empty() {
 		return nil, malformed("EncapsulatedContentInfo")
 	}
 	if !present {
@@ -191,7 +194,7 @@ func parseSignerInfo(si cryptobyte.String) (signerInfo, error) {
 		return s, err
 	}
 	var attrs cryptobyte.String
-	if !si.ReadOptionalASN1(&attrs, &s.hasSignedAttrs, tagImplicit0) {
+	if !si.ReadOptionalASN1(&attrs, &s.hasSignedAttrs, tagContext0) {
 		return s, malformed("SignerInfo signedAttrs")
 	}
 	for !attrs.Empty() {
@@ -210,7 +213,7 @@ func parseSignerInfo(si cryptobyte.String) (signerInfo, error) {
 		return s, err
 	}
 	if !si.ReadASN1Bytes(&s.signature, cbasn1.OCTET_STRING) ||
-		!si.SkipOptionalASN1(tagImplicit1) || !si.Empty() {
+		!si.SkipOptionalASN1(tagContext1) || !si.Empty() {
 		return s, malformed("SignerInfo signature")
 	}
 	return s, nil

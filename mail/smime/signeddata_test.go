@@ -198,13 +198,13 @@ func TestSignedDataMalformed(t *testing.T) {
 		var oid cryptobyte.String
 		in.ReadASN1(&ci, cbasn1.SEQUENCE)
 		ci.ReadASN1Element(&oid, cbasn1.OBJECT_IDENTIFIER)
-		ci.ReadASN1(&wrapped, tagExplicit0)
+		ci.ReadASN1(&wrapped, tagContext0)
 		wrapped.ReadASN1(&body, cbasn1.SEQUENCE)
 		fields := edit(elements(body))
 		var b cryptobyte.Builder
 		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 			b.AddBytes(oid)
-			b.AddASN1(tagExplicit0, func(b *cryptobyte.Builder) {
+			b.AddASN1(tagContext0, func(b *cryptobyte.Builder) {
 				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 					for _, f := range fields {
 						b.AddBytes(f)
@@ -235,7 +235,7 @@ func TestSignedDataMalformed(t *testing.T) {
 		}), ErrMalformed},
 		{"a garbage certificate", rebuild(func(f [][]byte) [][]byte {
 			var b cryptobyte.Builder
-			b.AddASN1(tagImplicit0, func(b *cryptobyte.Builder) {
+			b.AddASN1(tagContext0, func(b *cryptobyte.Builder) {
 				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) { b.AddASN1Int64(1) })
 			})
 			return append(f[:3], b.BytesOrPanic(), last(f))
@@ -244,7 +244,7 @@ func TestSignedDataMalformed(t *testing.T) {
 			var b cryptobyte.Builder
 			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 				b.AddASN1ObjectIdentifier(oidData)
-				b.AddASN1(tagExplicit0, func(b *cryptobyte.Builder) { b.AddASN1Int64(5) })
+				b.AddASN1(tagContext0, func(b *cryptobyte.Builder) { b.AddASN1Int64(5) })
 			})
 			return append(append(f[:2:2], b.BytesOrPanic()), f[3:]...)
 		}), ErrMalformed},

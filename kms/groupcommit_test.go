@@ -84,6 +84,38 @@ func TestGroupCommitCancelled(t *testing.T) {
 	}
 }
 
+// TestGroupCommitStatementsIgnoreLateCancel: a context that ends while the
+// caller's function runs does not interrupt its statements (see
+// cached.uncancelled): the function runs to its end and the transaction
+// commits, instead of one statement failing and the batch running again.
+func TestGroupCommitStatementsIgnoreLateCancel(t *testing.T) {
+	st := openSQLiteStore(t)
+	if _, err := st.db.ExecContext(context.Background(), `CREATE TABLE gc (n INTEGER PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	err := st.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := st.q(tx).ExecContext(ctx, `INSERT INTO gc (n) VALUES (1)`); err != nil {
+			return err
+		}
+		cancel()
+		var n int
+		if err := st.q(tx).QueryRowContext(ctx, `SELECT COUNT(*) FROM gc`).Scan(&n); err != nil {
+			return fmt.Errorf("query after the cancel: %w", err)
+		}
+		_, err := st.q(tx).ExecContext(ctx, `INSERT INTO gc (n) VALUES (2)`)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("transaction whose context ended midway: %v", err)
+	}
+	var n int
+	if err := st.db.QueryRow(`SELECT COUNT(*) FROM gc`).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("rows committed: %d (%v), want 2", n, err)
+	}
+}
+
 // TestGroupCommitSurvivesPanic: a function that panics fails alone, and
 // the next transaction still runs.
 func TestGroupCommitSurvivesPanic(t *testing.T) {

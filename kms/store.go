@@ -298,6 +298,9 @@ func (s *Store) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
 
 // cached is a querier that runs every query as a prepared statement,
 // inside tx when tx is set.
+//
+// On SQLite its statements run without the caller's cancellation (see
+// uncancelled).
 type cached struct {
 	s  *Store
 	tx *sql.Tx
@@ -306,10 +309,31 @@ type cached struct {
 // q returns a caching querier, on tx or (tx nil) on the database.
 func (s *Store) q(tx *sql.Tx) cached { return cached{s, tx} }
 
+// uncancelled is ctx for running a statement through cached (preparing one
+// on the database, which may wait for a connection, keeps ctx): on SQLite,
+// ctx without its cancellation. With a context that can be cancelled, the
+// SQLite driver starts a goroutine per statement to interrupt it, and
+// database/sql one per result set to close it: under kms-load ~16 a
+// renewal, with their wake-ups. cached runs the hot paths' short index
+// lookups and writes, which SQLite finishes in microseconds (WAL readers
+// never wait for a lock, and the group commit's writer holds the only
+// write lock), and interrupting a write in the middle of a group commit
+// would fail the whole batch and make it run again. A caller whose context
+// ends meanwhile sees it at its next step, as if it had ended just after.
+// PostgreSQL statements cross the network and keep their cancellation.
+func (c cached) uncancelled(ctx context.Context) context.Context {
+	if c.s.dialect.name == "sqlite" {
+		return context.WithoutCancel(ctx)
+	}
+	return ctx
+}
+
 func (c cached) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	if c.tx == nil {
 		return c.s.prepared(ctx, query)
 	}
+	// On the transaction's own connection nothing waits for a pool.
+	ctx = c.uncancelled(ctx)
 	if st, ok := c.s.stmts.Load(query); ok {
 		return c.tx.StmtContext(ctx, st.(*sql.Stmt)), nil
 	}
@@ -345,7 +369,7 @@ func (c cached) ExecContext(ctx context.Context, query string, args ...any) (sql
 	if err != nil {
 		return nil, err
 	}
-	return st.ExecContext(ctx, args...)
+	return st.ExecContext(c.uncancelled(ctx), args...)
 }
 
 // QueryContext implements querier.
@@ -354,7 +378,7 @@ func (c cached) QueryContext(ctx context.Context, query string, args ...any) (*s
 	if err != nil {
 		return nil, err
 	}
-	return st.QueryContext(ctx, args...)
+	return st.QueryContext(c.uncancelled(ctx), args...)
 }
 
 // QueryRowContext implements querier. A statement that fails to prepare
@@ -367,7 +391,7 @@ func (c cached) QueryRowContext(ctx context.Context, query string, args ...any) 
 		}
 		return c.s.db.QueryRowContext(ctx, query, args...)
 	}
-	return st.QueryRowContext(ctx, args...)
+	return st.QueryRowContext(c.uncancelled(ctx), args...)
 }
 
 // exec runs one write statement as a transaction of its own, through the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -71,6 +72,17 @@ func (g *groupCommit) run(ctx context.Context, s *Store, fn func(*sql.Tx) error)
 		g.mu.Lock()
 	}
 	g.busy = true
+	// One yield before taking the batch: goroutines that are runnable now
+	// and about to write get to queue first. On an idle daemon there are
+	// none and Gosched returns at once; under load the commit waits one
+	// round of the run queue and carries more. Under kms-load (2 CPUs)
+	// transactions a commit went from ~5 to ~8, and the daemon's CPU a
+	// renewal from 2.74-2.78 to 2.64-2.70 ms: each commit costs an fsync
+	// (~65 µs of CPU in the kernel on the test VM, beside the wait),
+	// SQLite's commit work and the write-lock system calls.
+	g.mu.Unlock()
+	runtime.Gosched()
+	g.mu.Lock()
 	batch := g.pending
 	if len(batch) > maxGroup {
 		batch = batch[:maxGroup]

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,6 +70,45 @@ func TestGroupCommit(t *testing.T) {
 	} else {
 		t.Logf("%d transactions in %d commits", n, c)
 	}
+}
+
+// TestGroupCommitLeaderYields: transactions that are runnable together
+// share one commit even on one P, where no other goroutine can queue while
+// the leader runs unless it yields first. Without the yield the leader
+// commits its own transaction alone, and so does each of the others (10
+// commits for 10 transactions, seen when the yield was removed).
+func TestGroupCommitLeaderYields(t *testing.T) {
+	st := openSQLiteStore(t)
+	ctx := context.Background()
+	if _, err := st.db.ExecContext(ctx, `CREATE TABLE gc (n INTEGER PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	const n = 10
+	// Scheduling is not an API: allow a few attempts, as a GC or a timer
+	// can come between the goroutines.
+	var counts []int64
+	for attempt := range 5 {
+		before := st.group.commits.Load()
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				if err := st.tx(ctx, func(tx *sql.Tx) error {
+					_, err := tx.ExecContext(ctx, `INSERT INTO gc (n) VALUES ($1)`, attempt*n+i)
+					return err
+				}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		c := st.group.commits.Load() - before
+		if c == 1 {
+			return
+		}
+		counts = append(counts, c)
+	}
+	t.Fatalf("%d transactions started together took %v commits in five attempts, want 1", n, counts)
 }
 
 // TestGroupCommitCancelled: a caller whose context is done before its turn

@@ -47,7 +47,7 @@ type ServerConfig struct {
 	Store               InboundStore
 	Clock               clock.Clock  // default clock.System{}
 	Log                 *slog.Logger // default: discard
-	Notify              func()       // called after each newly stored message; must not block
+	Notify              func()       // called after each newly stored message not handed over; must not block
 	// Handoff, if set, is given each newly stored message (the request
 	// processor), which then need not claim it from the store.
 	Handoff    InboundHandoff
@@ -351,7 +351,9 @@ func (s *session) store(raw []byte, from string) error {
 	}
 	s.srv.m.accepted.Inc()
 	s.log().Info("smtp: message accepted", "inbound_id", id, "bytes", len(raw))
-	s.srv.cfg.Notify()
+	if h == nil {
+		s.srv.cfg.Notify() // a hand-over wakes its taker itself
+	}
 	return nil
 }
 

@@ -1,7 +1,9 @@
 package mail
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,7 +20,19 @@ import (
 // mail client signed with some other certificate.
 func (p *Processor) signed(ctx context.Context, r request, log *slog.Logger) error {
 	svc := p.opt.Service
-	v, err := r.msg.Verify(smime.VerifyOptions{Roots: p.opt.Roots, Intermediates: p.opt.Intermediates, At: r.in.ReceivedAt, Cache: p.chains})
+	// The signer's record, looked up once: during the verification (a
+	// certificate kms issued needs no second check of its CA signature)
+	// and for the request after it.
+	var signerRaw []byte
+	var signerRec *kms.Certificate
+	var signerErr error
+	issuedByKMS := func(c *x509.Certificate) bool {
+		signerRaw = c.Raw
+		signerRec, signerErr = svc.CertForSigner(ctx, c.Raw)
+		return signerErr == nil && !signerRec.Imported
+	}
+	v, err := r.msg.Verify(smime.VerifyOptions{Roots: p.opt.Roots, Intermediates: p.opt.Intermediates, At: r.in.ReceivedAt,
+		Cache: p.chains, Issued: issuedByKMS})
 	if err != nil {
 		var expired *smime.SignerExpiredError
 		if errors.As(err, &expired) {
@@ -41,7 +55,10 @@ func (p *Processor) signed(ctx context.Context, r request, log *slog.Logger) err
 		return p.refuse(ctx, r, r.msg.From, "bad_signature",
 			"The digital signature on your message could not be verified ("+plainError(err)+"). Sign the message with your current kms certificate and send it again.", err, log)
 	}
-	cert, err := svc.CertForSigner(ctx, v.Signature.Signer.Raw)
+	cert, err := signerRec, signerErr
+	if !bytes.Equal(signerRaw, v.Signature.Signer.Raw) {
+		cert, err = svc.CertForSigner(ctx, v.Signature.Signer.Raw)
+	}
 	if errors.Is(err, kms.ErrNotFound) {
 		return p.enrollment(ctx, r, v.Content, log)
 	}

@@ -1,6 +1,7 @@
 package smime
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
 	"sync"
@@ -113,6 +114,45 @@ func (c *ChainCache) store(signer *x509.Certificate, roots *x509.CertPool, chain
 		}
 		c.issuers[key] = append(c.issuers[key], *tail)
 	}
+}
+
+// issuedLeaf returns signer's chain without checking its CA signature, for
+// a certificate the caller issued itself (VerifyOptions.Issued): signer
+// and the one proven tail above its issuer, told apart by the issuer's
+// subject key identifier, after the checks crypto/x509 makes of a leaf
+// other than its signature: validity at at, the emailProtection usage (or
+// any, or no extended key usage at all) and no critical extension it does
+// not handle. It returns nil when any of that fails or no single tail
+// fits; the caller then verifies in full, which also classifies failures.
+func (c *ChainCache) issuedLeaf(signer *x509.Certificate, roots *x509.CertPool, at time.Time) []*x509.Certificate {
+	restricted := len(signer.ExtKeyUsage)+len(signer.UnknownExtKeyUsage) > 0
+	if at.Before(signer.NotBefore) || at.After(signer.NotAfter) || len(signer.UnhandledCriticalExtensions) > 0 ||
+		restricted && !allowsEmail(signer.ExtKeyUsage) {
+		return nil
+	}
+	var found []*x509.Certificate
+	for _, t := range c.tails(signer, roots, at) {
+		if len(signer.AuthorityKeyId) == 0 || bytes.Equal(signer.AuthorityKeyId, t.tail[0].SubjectKeyId) {
+			if found != nil {
+				return nil // two CAs under one name and key id: let x509 choose
+			}
+			found = t.tail
+		}
+	}
+	if found == nil {
+		return nil
+	}
+	return append([]*x509.Certificate{signer}, found...)
+}
+
+// allowsEmail reports whether extended key usages allow email protection.
+func allowsEmail(usages []x509.ExtKeyUsage) bool {
+	for _, u := range usages {
+		if u == x509.ExtKeyUsageEmailProtection || u == x509.ExtKeyUsageAny {
+			return true
+		}
+	}
+	return false
 }
 
 // validity is the time span every certificate of chain is valid in.

@@ -1,6 +1,7 @@
 package smime
 
 import (
+	"bytes"
 	"crypto/x509"
 	"errors"
 	"testing"
@@ -101,6 +102,70 @@ func TestChainCacheIssuer(t *testing.T) {
 	// Past the CA's own validity the tail does not answer.
 	if cache.tails(renewed.cert, opts.Roots, p.ca.cert.NotAfter.Add(time.Hour)) != nil {
 		t.Fatal("tails answered after the issuing CA expired")
+	}
+}
+
+// TestChainCacheIssuedByCaller: a certificate the caller vouches it issued
+// (VerifyOptions.Issued) verifies through the proven tail above its issuer
+// without its CA signature being checked again, which a certificate with a
+// broken CA signature shows; without the vouching, or with no proven tail,
+// the same certificate is refused, and expiry and the wrong usage are
+// still refused and classified as without it.
+func TestChainCacheIssuedByCaller(t *testing.T) {
+	p := newTestPKI(t)
+	opts := verifyOpts(p, testNow)
+	opts.Cache = NewChainCache(10)
+	calls := 0
+	issuedBy := func(answer bool) func(*x509.Certificate) bool {
+		return func(*x509.Certificate) bool { calls++; return answer }
+	}
+	brokenCASignature := func(id identity) identity {
+		der := bytes.Clone(id.cert.Raw)
+		der[len(der)-1] ^= 1 // the last byte of the CA's signature
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id.cert = c
+		return id
+	}
+	broken := brokenCASignature(p.issue(t, "alice@example.com", "ec", userOpts{}))
+
+	// No proven tail yet: the full verification runs, and refuses.
+	opts.Issued = issuedBy(true)
+	if _, err := verifyErr(t, broken, opts); !errors.Is(err, ErrUntrustedSigner) {
+		t.Fatalf("broken CA signature, nothing proven yet: %v", err)
+	}
+	verifyWith(t, p.issue(t, "bob@example.com", "ec", userOpts{}), opts) // proves the tail
+
+	calls = 0
+	if chain := verifyWith(t, broken, opts); len(chain) != 3 || !chain[0].Equal(broken.cert) || !chain[1].Equal(p.ca.cert) {
+		t.Fatalf("vouched certificate: chain %v, want leaf, issuing CA, root", chain)
+	}
+	if calls != 1 {
+		t.Fatalf("Issued called %d times, want 1", calls)
+	}
+	opts.Issued = issuedBy(false)
+	if _, err := verifyErr(t, broken, opts); !errors.Is(err, ErrUntrustedSigner) {
+		t.Fatalf("broken CA signature, not vouched for: %v", err)
+	}
+
+	opts.Issued = issuedBy(true)
+	calls = 0
+	old := brokenCASignature(p.issue(t, "alice@example.com", "ec", userOpts{notBefore: testNow.AddDate(-2, 0, 0), notAfter: testNow.AddDate(0, 0, -1)}))
+	if _, err := verifyErr(t, old, opts); !errors.Is(err, ErrUntrustedSigner) {
+		t.Fatalf("expired, with a broken CA signature: %v", err)
+	}
+	expired := p.issue(t, "alice@example.com", "ec", userOpts{notBefore: testNow.AddDate(-2, 0, 0), notAfter: testNow.AddDate(0, 0, -1)})
+	if _, err := verifyErr(t, expired, opts); !errors.Is(err, ErrSignerExpired) {
+		t.Fatalf("expired certificate, vouched for: %v", err)
+	}
+	server := p.issue(t, "alice@example.com", "ec", userOpts{eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if _, err := verifyErr(t, server, opts); !errors.Is(err, ErrUntrustedSigner) {
+		t.Fatalf("serverAuth-only certificate, vouched for: %v", err)
+	}
+	if calls != 0 {
+		t.Fatalf("Issued consulted %d times for certificates that fail the leaf checks", calls)
 	}
 }
 

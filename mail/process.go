@@ -190,6 +190,13 @@ func (p *Processor) Run(ctx context.Context) error {
 	p.tableDue.Store(true) // what a predecessor left
 	for {
 		for {
+			select {
+			case <-t.C:
+				// Retries and expired hand-overs fall due without a word,
+				// also while hand-overs keep this loop busy.
+				p.tableDue.Store(true)
+			default:
+			}
 			handed, ok := p.feedHandedOver(ctx, work, perClaim)
 			if !ok {
 				return nil
@@ -227,8 +234,7 @@ func (p *Processor) Run(ctx context.Context) error {
 			return nil
 		case <-p.wake:
 		case <-t.C:
-			// Retries and expired hand-overs fall due without a word.
-			p.tableDue.Store(true)
+			p.tableDue.Store(true) // as above
 		}
 	}
 }

@@ -172,6 +172,69 @@ func TestProcessorClaimsOnlyWhenTheTableMayHaveWork(t *testing.T) {
 	r.waitFinished(tableID)
 }
 
+// TestProcessorClaimsDueRowsDuringAStreamOfHandOvers: a row that falls due
+// in the table without a Notify (a retry, an expired hand-over) is claimed
+// within the poll interval even while hand-overs keep the processor busy,
+// not only once they stop. With the poll tick read only when the processor
+// idles, the row waited for all 300 hand-overs.
+func TestProcessorClaimsDueRowsDuringAStreamOfHandOvers(t *testing.T) {
+	life := &gatedLifecycle{blockingLifecycle: blockingLifecycle{entered: make(chan struct{}, 1)}, release: make(chan struct{})}
+	r := newHandoverRig(t, life)
+	r.p.opt.Poll = time.Millisecond
+	r.queue.finished = make(chan int64, 1000)
+	stop := r.run()
+	defer stop()
+	// The only worker waits in the first message; the rest queue up in
+	// memory behind it.
+	first := r.handOver(r.message(true))
+	<-life.entered
+	const n = 300
+	var last int64
+	for range n {
+		last = r.handOver(r.message(false))
+	}
+	tableID, _, err := r.store.AcceptInbound(r.ctx, r.message(false), "ann@example.com", "192.0.2.1:25", r.clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // ten poll intervals
+	close(life.release)
+	r.waitFinished(first)
+	for i := 0; ; i++ {
+		select {
+		case id := <-r.queue.finished:
+			if id == tableID {
+				t.Logf("the table's row finished after %d of %d hand-overs", i, n)
+				return
+			}
+			if id == last {
+				t.Fatalf("all %d hand-overs finished before the row due in the table", n)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the row due in the table was never finished")
+		}
+	}
+}
+
+// gatedLifecycle holds the first sender lookup until release is closed.
+type gatedLifecycle struct {
+	blockingLifecycle
+	release chan struct{}
+}
+
+func (g *gatedLifecycle) GetUser(ctx context.Context, addr string) (*kms.UserDetail, error) {
+	select {
+	case g.entered <- struct{}{}:
+	default:
+	}
+	select {
+	case <-g.release:
+		return nil, kms.ErrNotFound
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
 // TestProcessorGivesBackHandedOverMessagesAtStop: at shutdown, the message
 // in progress, the one on its way to a worker and those waiting in memory
 // are all given back, claimable at once with their attempt undone; one

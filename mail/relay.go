@@ -72,11 +72,15 @@ type pooledClient struct {
 	conn  net.Conn
 	c     *smtp.Client
 	since time.Time // when it was last used
+	sent  int       // messages this session has carried
 }
 
 // Pooling limits: relays close idle sessions after a few minutes (RFC 5321
 // asks servers to wait 5), and a session carries a bounded number of
-// messages so that a relay's per-session limits are never reached.
+// messages so that a relay's per-session limits are never reached. At
+// least relayPoolSize sessions are kept, and as many as the outbox has
+// delivery workers by default (four per P): with fewer, every delivery
+// beyond the pool ended its session and the next one dialled again.
 const (
 	relayIdleMax     = 30 * time.Second
 	relayPoolSize    = 8
@@ -96,7 +100,7 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 		return nil, fmt.Errorf("relay: %w", ErrAuthInClear)
 	}
 	r := &Relay{addr: cfg.Addr, hostname: cfg.Hostname, username: cfg.Username, password: string(cfg.Password),
-		plain: cfg.AllowPlaintext, dial: cfg.DialTimeout, cmdTimeout: cfg.Timeout, idle: make(chan *pooledClient, relayPoolSize)}
+		plain: cfg.AllowPlaintext, dial: cfg.DialTimeout, cmdTimeout: cfg.Timeout, idle: make(chan *pooledClient, max(relayPoolSize, defaultWorkers()))}
 	if r.dial <= 0 {
 		r.dial = 30 * time.Second
 	}
@@ -187,6 +191,7 @@ func (r *Relay) transact(ctx context.Context, pc *pooledClient, from string, to 
 	// including writing the data.
 	stop := context.AfterFunc(ctx, func() { pc.conn.Close() })
 	sent, err = r.send(pc.c, from, to, msg)
+	pc.sent++
 	cancelled := !stop() || ctx.Err() != nil
 	switch {
 	case err == nil && !cancelled:
@@ -207,6 +212,10 @@ func (r *Relay) transact(ctx context.Context, pc *pooledClient, from string, to 
 // keep puts a session back for the next message, or ends it.
 func (r *Relay) keep(pc *pooledClient) {
 	pc.since = time.Now()
+	if pc.sent >= relayMaxMessages {
+		_ = pc.c.Quit()
+		return
+	}
 	select {
 	case r.idle <- pc:
 	default:

@@ -3,6 +3,7 @@ package mail
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -161,5 +162,46 @@ func TestRelayKeepsSessionOpen(t *testing.T) {
 	relay.Close()
 	if pc := relay.takeIdle(); pc != nil {
 		t.Fatal("a session is still kept after Close")
+	}
+}
+
+// TestRelayEndsSessionAfterMaxMessages: a kept session carries at most
+// relayMaxMessages messages; the next message opens a new connection.
+// (The limit was declared and never applied.)
+func TestRelayEndsSessionAfterMaxMessages(t *testing.T) {
+	r := startRelay(t, false)
+	cfg := r.relayConfig()
+	cfg.AllowPlaintext = true
+	relay, err := NewRelay(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	ctx := context.Background()
+	for i := range relayMaxMessages + 1 {
+		if err := relay.Deliver(ctx, kmsAddr, []string{"a@example.com"}, []byte("Subject: x\r\n\r\nbody\r\n"), ""); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	r.mu.Lock()
+	sessions := r.sessions
+	r.mu.Unlock()
+	if sessions != 2 {
+		t.Fatalf("%d sessions for %d messages one after the other, want 2", sessions, relayMaxMessages+1)
+	}
+}
+
+// TestRelayKeepsASessionPerWorker: the pool keeps an idle session for each
+// of the outbox's default delivery workers (four per P), so that
+// concurrent deliveries do not end their sessions and dial again. Four Ps
+// make the workers (16) outnumber the old fixed pool of 8.
+func TestRelayKeepsASessionPerWorker(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
+	relay, err := NewRelay(RelayConfig{Addr: "127.0.0.1:25", Hostname: "kms.example.com", AllowPlaintext: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cap(relay.idle); got < defaultWorkers() {
+		t.Fatalf("relay keeps %d idle sessions for %d delivery workers", got, defaultWorkers())
 	}
 }

@@ -125,11 +125,11 @@ func (s *Service) EnrollByCode(ctx context.Context, addr, code string, pub crypt
 		}
 		return s.recordIssue(ctx, tx, row, cert, &reply, "enrollment", req, pol, now)
 	})
-	s.settleReply(&reply, err == nil)
+	handedOver := s.settleReply(&reply, err == nil)
 	if err != nil {
 		return nil, s.refused(ctx, req.Actor, "enroll-by-mail", email, "", err)
 	}
-	s.issued(email, row, "enrollment", req.Actor)
+	s.issued(email, row, "enrollment", req.Actor, handedOver)
 	return &row.Certificate, nil
 }
 

@@ -51,14 +51,15 @@ func (s *Service) reserveReply() replyClaim {
 }
 
 // settleReply hands the reply over if the transaction committed one, and
-// otherwise gives the reservation back.
-func (s *Service) settleReply(c *replyClaim, committed bool) {
+// otherwise gives the reservation back. It reports whether it handed over.
+func (s *Service) settleReply(c *replyClaim, committed bool) (handedOver bool) {
 	if c.lease == 0 {
-		return
+		return false
 	}
 	if committed && c.msg != nil {
 		s.handoff.Deliver(*c.msg)
-		return
+		return true
 	}
 	s.handoff.Cancel()
+	return false
 }

@@ -85,11 +85,11 @@ func (s *Service) renew(ctx context.Context, serial string, newKey crypto.Public
 		}
 		return s.recordIssue(ctx, tx, row, cert, &reply, op, req, pol, now)
 	})
-	s.settleReply(&reply, err == nil)
+	handedOver := s.settleReply(&reply, err == nil)
 	if err != nil {
 		return nil, s.refused(ctx, req.Actor, op, u.Email, serial, err)
 	}
-	s.issued(u.Email, row, op, req.Actor)
+	s.issued(u.Email, row, op, req.Actor, handedOver)
 	return &row.Certificate, nil
 }
 

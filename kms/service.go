@@ -35,7 +35,9 @@ type Config struct {
 	Log          *slog.Logger
 	Metrics      *Metrics // optional
 	// MailQueued, if set, is called after a transaction that queued mail
-	// commits, so the delivery worker need not wait for its next poll.
+	// in the outbox table commits, so the delivery worker need not wait
+	// for its next poll. A reply handed over (SetHandoff) is not announced
+	// this way: the hand-over wakes its taker.
 	MailQueued func()
 }
 
@@ -169,9 +171,13 @@ func (s *Service) mailQueued() {
 	}
 }
 
-// issued logs and counts a successful issuance.
-func (s *Service) issued(email string, row *certRow, op, actor string) {
-	s.mailQueued()
+// issued logs and counts a successful issuance, and tells the delivery
+// worker about a reply queued in the table (one handed over wakes it
+// itself).
+func (s *Service) issued(email string, row *certRow, op, actor string, handedOver bool) {
+	if !handedOver {
+		s.mailQueued()
+	}
 	s.log.Info("audit", "action", "issue:"+op, "actor", actor, "email", email, "serial", row.Serial, "not_after", row.NotAfter)
 	if s.metrics != nil {
 		s.metrics.Issued.WithLabelValues(op).Inc()

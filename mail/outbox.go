@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -66,6 +67,13 @@ type Outbox struct {
 	limit     *limiter
 	notify    chan struct{}
 	m         outboxMetrics
+	// tableDue says the outbox table may hold mail due now, as
+	// Processor.tableDue does for the inbound table: set by Notify (mail
+	// queued in the table), by the poll tick, at start and when claims
+	// are given back; cleared before each claim, which sets it again when
+	// it fills its batch. Replies handed over in memory no longer pay an
+	// empty claim (a write transaction) every batch of them.
+	tableDue atomic.Bool
 
 	// handover brings certificate replies from the issuing transaction
 	// (kms.Handoff: Reserve, Cancel and Deliver are its methods).
@@ -119,7 +127,7 @@ func NewOutbox(cfg OutboxConfig) (*Outbox, error) {
 	o.limit = newLimiter(o.clock, cfg.Rate)
 	o.handover = newHandover(o.lease, func(m kms.OutboxMessage) int64 { return m.ID },
 		func(m kms.OutboxMessage) time.Time { return m.CreatedAt })
-	o.handover.release, o.handover.wake = o.releaseClaims, o.Notify
+	o.handover.release, o.handover.wake = o.releaseClaims, o.wakeUp
 	o.m = outboxMetrics{
 		sent:    prometheus.NewCounter(prometheus.CounterOpts{Name: "kms_outbox_sent_total", Help: "Mails delivered."}),
 		retried: prometheus.NewCounter(prometheus.CounterOpts{Name: "kms_outbox_retried_total", Help: "Delivery attempts that failed temporarily and were rescheduled."}),
@@ -155,9 +163,15 @@ func orDefault(d, def time.Duration) time.Duration {
 	return d
 }
 
-// Notify wakes the worker at once, so that newly queued mail does not wait
-// for the poll interval. It never blocks.
+// Notify wakes the worker at once, so that mail newly queued in the table
+// does not wait for the poll interval. It never blocks.
 func (o *Outbox) Notify() {
+	o.tableDue.Store(true)
+	o.wakeUp()
+}
+
+// wakeUp wakes the worker for mail handed over in memory.
+func (o *Outbox) wakeUp() {
 	select {
 	case o.notify <- struct{}{}:
 	default:
@@ -171,6 +185,7 @@ func (o *Outbox) releaseClaims(ids []int64) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
+	defer o.tableDue.Store(true) // given back mail is due at once
 	if err := o.store.ReleaseOutbox(ctx, ids); err != nil {
 		o.log.Warn("outbox: cannot give back mails handed over and not delivered; they wait for their lease", "mails", len(ids), "err", err)
 	}
@@ -208,7 +223,10 @@ func (o *Outbox) Run(ctx context.Context) error {
 			<-busy
 		}
 	}
-	handed := 0 // hand-overs since the last claim from the table
+	handed := 0            // hand-overs since the last claim from the table
+	o.tableDue.Store(true) // what a predecessor left
+	tick := time.NewTicker(o.poll)
+	defer tick.Stop()
 	for ctx.Err() == nil {
 		select {
 		case busy <- struct{}{}:
@@ -235,6 +253,18 @@ func (o *Outbox) Run(ctx context.Context) error {
 			}
 		}
 		handed = 0
+		select {
+		case <-tick.C:
+			// Retries fall due without a word, also while hand-overs
+			// keep this loop busy.
+			o.tableDue.Store(true)
+		default:
+		}
+		if !o.tableDue.Swap(false) {
+			release(1)
+			o.idle(ctx) // returns at once when a hand-over waits
+			continue
+		}
 		k := 1
 	more:
 		for k < o.batch {
@@ -259,8 +289,12 @@ func (o *Outbox) Run(ctx context.Context) error {
 				return nil
 			}
 			o.log.Error("outbox: cannot claim mail; will try again", "err", err)
+			o.tableDue.Store(true)
 			o.idle(ctx)
 			continue
+		}
+		if len(rows) == n {
+			o.tableDue.Store(true) // there may be more
 		}
 		o.limit.refund(n - len(rows))
 		release(n - len(rows))
@@ -287,6 +321,7 @@ func (o *Outbox) idle(ctx context.Context) {
 	select {
 	case <-o.notify:
 	case <-t.C:
+		o.tableDue.Store(true)
 	case <-ctx.Done():
 	}
 }

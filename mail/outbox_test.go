@@ -7,8 +7,10 @@ import (
 	"net/mail"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -93,7 +95,10 @@ func (e *outEnv) waitRow(t testing.TB, id int64, what string, cond func(outRow) 
 // stops it too.
 func (e *outEnv) run(t testing.TB, cfg OutboxConfig) (o *Outbox, stop func()) {
 	t.Helper()
-	cfg.Store, cfg.Clock, cfg.From, cfg.Admin = e.store, e.clock, kmsAddr, adminAddr
+	if cfg.Store == nil {
+		cfg.Store = e.store
+	}
+	cfg.Clock, cfg.From, cfg.Admin = e.clock, kmsAddr, adminAddr
 	if cfg.Renderer == nil {
 		cfg.Renderer = textRenderer{from: kmsAddr}
 	}
@@ -533,6 +538,117 @@ func TestOutboxDeliversHandedOverMail(t *testing.T) {
 	if _, ok := o.Reserve(); !ok {
 		t.Fatal("Reserve after Cancel refused")
 	}
+}
+
+// claimCounter is the store as the outbox's, counting its claims.
+type claimCounter struct {
+	OutboxStore
+	claims atomic.Int64
+}
+
+func (c *claimCounter) ClaimOutbox(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]kms.OutboxMessage, error) {
+	c.claims.Add(1)
+	return c.OutboxStore.ClaimOutbox(ctx, now, lease, limit)
+}
+
+// TestOutboxClaimsOnlyWhenTheTableMayHaveWork: replies handed over in
+// memory cost no claims from the table (a write transaction each), only
+// the one at start; mail queued in the table and announced by Notify is
+// still claimed. Before, the worker claimed after every batch of 16
+// hand-overs and whenever none was waiting.
+func TestOutboxClaimsOnlyWhenTheTableMayHaveWork(t *testing.T) {
+	e := newOutEnv(t)
+	md := newMaildir(t)
+	const n = 40
+	var handed []kms.OutboxMessage
+	for range n {
+		handed = append(handed, e.handOver(t, e.queue(t, kms.MailCertificate, "alice@example.com"), time.Hour))
+	}
+	store := &claimCounter{OutboxStore: e.store}
+	o, stop := e.run(t, OutboxConfig{Store: store, Transport: md, Lease: time.Hour, PollInterval: time.Hour})
+	defer stop()
+	for _, m := range handed {
+		if _, ok := o.Reserve(); !ok {
+			t.Fatal("no room to hand over")
+		}
+		o.Deliver(m)
+	}
+	for _, m := range handed {
+		e.waitRow(t, m.ID, "handed-over mail sent", func(r outRow) bool { return r.state == "sent" })
+	}
+	if c := store.claims.Load(); c != 1 {
+		t.Errorf("%d claims from the table for %d handed-over mails, want 1 (at start)", c, n)
+	}
+	id := e.queue(t, kms.MailCertificate, "bob@example.com")
+	o.Notify()
+	e.waitRow(t, id, "mail queued in the table sent", func(r outRow) bool { return r.state == "sent" })
+}
+
+// TestOutboxClaimsDueMailDuringAStreamOfHandOvers: mail due in the table
+// without a Notify (a retry) is claimed within the poll interval even
+// while hand-overs keep the worker busy, not only once they stop. With the
+// poll tick read only when the worker idles, it went out after all 300.
+func TestOutboxClaimsDueMailDuringAStreamOfHandOvers(t *testing.T) {
+	e := newOutEnv(t)
+	const n = 300
+	var handed []kms.OutboxMessage
+	for range n + 1 {
+		handed = append(handed, e.handOver(t, e.queue(t, kms.MailCertificate, "alice@example.com"), time.Hour))
+	}
+	// A retry, due in a minute: not due when the stream starts.
+	tableID := e.queue(t, kms.MailCertificate, "bob@example.com")
+	if _, err := e.db.Exec(`UPDATE outbox SET next_attempt_at = $1 WHERE id = $2`, e.clock.Now().Add(time.Minute).UnixMilli(), tableID); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordingTransport{Transport: newMaildir(t), delay: 500 * time.Microsecond}
+	g := gatedTransport{Transport: rec, entered: make(chan struct{}, n+2), gate: make(chan struct{})}
+	o, stop := e.run(t, OutboxConfig{Transport: g, Lease: time.Hour, PollInterval: time.Millisecond, Workers: 1})
+	defer stop()
+	// The only worker waits in the first delivery; the rest queue up in
+	// memory behind it.
+	o.Reserve()
+	o.Deliver(handed[0])
+	<-g.entered
+	for _, m := range handed[1:] {
+		if _, ok := o.Reserve(); !ok {
+			t.Fatal("no room to hand over")
+		}
+		o.Deliver(m)
+	}
+	close(g.gate)
+	// The retry falls due while the stream runs, after the claims its
+	// start allowed; only the poll tick can bring it in.
+	eventually(t, "50 hand-overs delivered", func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.to) >= 50
+	})
+	e.clock.Advance(2 * time.Minute)
+	e.waitRow(t, tableID, "mail due in the table sent", func(r outRow) bool { return r.state == "sent" })
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if i := slices.Index(rec.to, "bob@example.com"); i < 0 || i >= n {
+		t.Fatalf("the mail due in the table went out as number %d of %d", i, len(rec.to))
+	} else {
+		t.Logf("the mail due in the table went out as number %d of %d", i, n+2)
+	}
+}
+
+// recordingTransport notes the recipients in the order delivered, each
+// delivery taking at least delay.
+type recordingTransport struct {
+	Transport
+	delay time.Duration
+	mu    sync.Mutex
+	to    []string
+}
+
+func (r *recordingTransport) Deliver(ctx context.Context, from string, to []string, msg []byte, key string) error {
+	time.Sleep(r.delay)
+	r.mu.Lock()
+	r.to = append(r.to, to...)
+	r.mu.Unlock()
+	return r.Transport.Deliver(ctx, from, to, msg, key)
 }
 
 // TestOutboxGivesBackHandedOverMailAtStop: mail handed over and not yet

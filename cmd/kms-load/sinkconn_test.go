@@ -86,10 +86,9 @@ func TestReadDataRoundTrip(t *testing.T) {
 	}
 }
 
-// sinkSession opens a raw SMTP session with a sink that accepts
-// load@example.com, and returns the connection and a reader of replies
-// past the greeting.
-func sinkSession(t *testing.T) (*sink, net.Conn, *textproto.Reader) {
+// testSink starts a sink on a free loopback port for the test, accepting
+// mail for load@example.com.
+func testSink(t *testing.T) *sink {
 	t.Helper()
 	s, err := startSink("127.0.0.1:0", "postmaster@example.com", &syncBuffer{})
 	if err != nil {
@@ -97,6 +96,15 @@ func sinkSession(t *testing.T) (*sink, net.Conn, *textproto.Reader) {
 	}
 	t.Cleanup(s.close)
 	s.allow("load@example.com")
+	return s
+}
+
+// sinkSession opens a raw SMTP session with a sink that accepts
+// load@example.com, and returns the connection and a reader of replies
+// past the greeting.
+func sinkSession(t *testing.T) (*sink, net.Conn, *textproto.Reader) {
+	t.Helper()
+	s := testSink(t)
 	conn, err := net.Dial("tcp", s.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -190,12 +198,7 @@ func TestSinkLongCommand(t *testing.T) {
 // refused recipient followed by RSET, NOOP, QUIT; a message with a line
 // over the limit is refused with a 5xx and the session goes on.
 func TestSinkGoSMTPClient(t *testing.T) {
-	s, err := startSink("127.0.0.1:0", "postmaster@example.com", &syncBuffer{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.close()
-	s.allow("load@example.com")
+	s := testSink(t)
 	conn, err := net.Dial("tcp", s.addr)
 	if err != nil {
 		t.Fatal(err)

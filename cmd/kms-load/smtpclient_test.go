@@ -53,12 +53,7 @@ func dialLogged(t *testing.T, addr string) *writeLog {
 // message as it was; a refused recipient is a 550 that the sender treats
 // as final, and the connection stays in step.
 func TestClientPipelining(t *testing.T) {
-	s, err := startSink("127.0.0.1:0", "postmaster@example.com", &syncBuffer{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.close()
-	s.allow("load@example.com")
+	s := testSink(t)
 	w := dialLogged(t, s.addr)
 	c, err := newSMTPClient(w, "kms-load.localhost")
 	if err != nil {

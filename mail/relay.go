@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
+
+	"github.com/kmsmail/kms/mail/smtpclient"
 )
 
 // Errors of the relay session that are about the relay or the
@@ -44,10 +47,9 @@ type RelayConfig struct {
 	Timeout time.Duration
 }
 
-// Relay delivers through an SMTP submission server, one connection per
-// message: the outbox sends a few messages a minute, not a stream, and a
-// fresh session per message keeps one message's failure from affecting the
-// next (a connection pool would save a TLS handshake at the price of that).
+// Relay delivers through an SMTP submission server. Sessions are kept
+// open between messages (see pooledClient), and each message's MAIL, RCPT
+// and DATA are pipelined when the relay offers PIPELINING (smtpclient).
 //
 // Failures are classified by where they happen. Up to and including MAIL
 // FROM (connect, TLS, EHLO, AUTH) a failure is the relay's or the
@@ -69,8 +71,8 @@ type Relay struct {
 // burst of mail (a cohort's reminders) does not pay a connection, a TLS
 // handshake and AUTH for every message.
 type pooledClient struct {
-	conn  net.Conn
-	c     *smtp.Client
+	conn  net.Conn // the TCP connection, under TLS if any
+	c     *smtpclient.Client
 	since time.Time // when it was last used
 	sent  int       // messages this session has carried
 }
@@ -170,12 +172,11 @@ func (r *Relay) connect(ctx context.Context) (*pooledClient, error) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	c, err := r.open(conn)
+	if err == nil {
+		err = r.auth(c)
+	}
 	if err != nil {
 		conn.Close()
-		return nil, err
-	}
-	if err := r.auth(c); err != nil {
-		c.Close()
 		return nil, err
 	}
 	return &pooledClient{conn: conn, c: c}, nil
@@ -186,9 +187,8 @@ func (r *Relay) connect(ctx context.Context) (*pooledClient, error) {
 // message, i.e. the failure came after DATA began; before that a retry on
 // a new session cannot duplicate it.
 func (r *Relay) transact(ctx context.Context, pc *pooledClient, from string, to []string, msg []byte) (sent bool, err error) {
-	// go-smtp's client sets deadlines per command only; closing the
-	// connection is what makes the context bound the whole transaction,
-	// including writing the data.
+	// The client's timeout bounds each reply only; closing the connection
+	// is what makes the context bound the whole transaction.
 	stop := context.AfterFunc(ctx, func() { pc.conn.Close() })
 	sent, err = r.send(pc.c, from, to, msg)
 	pc.sent++
@@ -231,14 +231,15 @@ func (r *Relay) Close() {
 }
 
 // auth logs in when a username is configured, over TLS only.
-func (r *Relay) auth(c *smtp.Client) error {
+func (r *Relay) auth(c *smtpclient.Client) error {
 	if r.username == "" {
 		return nil
 	}
 	if _, ok := c.TLSConnectionState(); !ok {
 		return fmt.Errorf("relay %s: %w", r.addr, ErrAuthInClear)
 	}
-	if !c.SupportsAuth(sasl.Plain) {
+	_, mechs := c.Extension("AUTH")
+	if !slices.Contains(strings.Fields(strings.ToUpper(mechs)), sasl.Plain) {
 		return fmt.Errorf("relay %s: does not offer AUTH PLAIN, the only mechanism kms uses", r.addr)
 	}
 	if err := c.Auth(sasl.NewPlainClient("", r.username, r.password)); err != nil {
@@ -247,64 +248,41 @@ func (r *Relay) auth(c *smtp.Client) error {
 	return nil
 }
 
-// send runs one mail transaction: MAIL, RCPT, DATA.
-func (r *Relay) send(c *smtp.Client, from string, to []string, msg []byte) (sent bool, err error) {
-	if err := c.Mail(from, nil); err != nil {
-		return false, r.fail("MAIL FROM:<"+from+">", err, false)
+// send runs one mail transaction. A 5xx to MAIL FROM is the relay's or
+// the configuration's (see Relay) and stays temporary; a 5xx to RCPT, DATA
+// or the message's data is about this message and is permanent.
+func (r *Relay) send(c *smtpclient.Client, from string, to []string, msg []byte) (sent bool, err error) {
+	sent, err = c.Send(from, to, msg)
+	if err == nil {
+		return true, nil
 	}
-	for _, rcpt := range to {
-		if err := c.Rcpt(rcpt, nil); err != nil {
-			return false, r.fail("RCPT TO:<"+rcpt+">", err, true)
-		}
+	err = fmt.Errorf("relay %s: %w", r.addr, err)
+	var reply *smtpclient.Reply
+	if errors.As(err, &reply) && reply.Code >= 500 && reply.Code < 600 && !strings.HasPrefix(reply.Command, "MAIL") {
+		return sent, Permanent(err)
 	}
-	w, err := c.Data()
-	if err != nil {
-		return false, r.fail("DATA", err, true)
-	}
-	if _, err := w.Write(msg); err != nil {
-		return true, fmt.Errorf("relay %s: sending the message: %w", r.addr, err)
-	}
-	if err := w.Close(); err != nil {
-		return true, r.fail("end of data", err, true)
-	}
-	return true, nil
+	return sent, err
 }
 
-// open greets the relay and, unless plaintext is allowed, starts TLS.
-//
-// go-smtp's client can only start TLS through NewClientStartTLS, which says
-// EHLO with its default name "localhost" before TLS; the EHLO that counts,
-// the one inside TLS that the relay's policy sees, carries our hostname.
-func (r *Relay) open(conn net.Conn) (*smtp.Client, error) {
-	var c *smtp.Client
-	if r.plain {
-		c = smtp.NewClient(conn)
-	} else {
-		var err error
-		c, err = smtp.NewClientStartTLS(conn, r.tls)
-		if err != nil {
-			// go-smtp reports a missing STARTTLS with this plain error.
-			if err.Error() == "smtp: server doesn't support STARTTLS" {
-				return nil, fmt.Errorf("relay %s: %w", r.addr, ErrNoStartTLS)
-			}
-			return nil, fmt.Errorf("relay %s: STARTTLS: %w", r.addr, err)
-		}
+// open greets the relay, says EHLO as our hostname and, unless plaintext
+// is allowed, starts TLS (which says EHLO again inside it: that is the one
+// the relay's policy sees).
+func (r *Relay) open(conn net.Conn) (*smtpclient.Client, error) {
+	c, err := smtpclient.New(conn, r.cmdTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("relay %s: %w", r.addr, err)
 	}
-	c.CommandTimeout, c.SubmissionTimeout = r.cmdTimeout, r.cmdTimeout
 	if err := c.Hello(r.hostname); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("relay %s: EHLO: %w", r.addr, err)
+		return nil, fmt.Errorf("relay %s: %w", r.addr, err)
+	}
+	if r.plain {
+		return c, nil
+	}
+	if ok, _ := c.Extension("STARTTLS"); !ok {
+		return nil, fmt.Errorf("relay %s: %w", r.addr, ErrNoStartTLS)
+	}
+	if err := c.StartTLS(r.tls); err != nil {
+		return nil, fmt.Errorf("relay %s: STARTTLS: %w", r.addr, err)
 	}
 	return c, nil
-}
-
-// fail wraps a command's error, as permanent when the relay refused the
-// message itself with a 5xx.
-func (r *Relay) fail(stage string, err error, perMessage bool) error {
-	err = fmt.Errorf("relay %s: %s: %w", r.addr, stage, err)
-	var se *smtp.SMTPError
-	if perMessage && errors.As(err, &se) && se.Code >= 500 && se.Code < 600 {
-		return Permanent(err)
-	}
-	return err
 }

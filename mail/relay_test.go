@@ -123,6 +123,49 @@ func TestRelayClassifiesReplies(t *testing.T) {
 	}
 }
 
+// TestRelayRefusedSenderIsTemporary: a 5xx to MAIL FROM is the relay's
+// policy about kms's own address, which would refuse every message alike:
+// the message waits for the operator instead of being given up.
+func TestRelayRefusedSenderIsTemporary(t *testing.T) {
+	srv := startRelay(t, true)
+	srv.mailCode = 550
+	r, err := NewRelay(srv.relayConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Deliver(context.Background(), kmsAddr, []string{"alice@example.com"}, []byte(relayedMsg), "k")
+	if err == nil || IsPermanent(err) || !strings.Contains(err.Error(), "550") {
+		t.Fatalf("Deliver = %v; want the 550 to MAIL FROM, temporary", err)
+	}
+}
+
+// TestRelayRefusedRecipientDeliversToNone: with MAIL, the RCPTs and DATA
+// pipelined, the relay answers DATA with 354 when it accepted any
+// recipient. A message one of whose recipients was refused goes to none
+// of them (it is given up, or retried, whole): the client drops the
+// session rather than send the data, and the next message takes a new one.
+func TestRelayRefusedRecipientDeliversToNone(t *testing.T) {
+	srv := startRelay(t, true)
+	srv.reply("gone@example.com", 550)
+	r, err := NewRelay(srv.relayConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Deliver(context.Background(), kmsAddr, []string{"alice@example.com", "gone@example.com"}, []byte(relayedMsg), "k")
+	if !IsPermanent(err) || !strings.Contains(err.Error(), "gone@example.com") {
+		t.Fatalf("Deliver = %v; want a permanent refusal naming gone@example.com", err)
+	}
+	if n := len(srv.received()); n != 0 {
+		t.Fatalf("relay accepted %d messages after a refused recipient, want 0", n)
+	}
+	if err := r.Deliver(context.Background(), kmsAddr, []string{"alice@example.com"}, []byte(relayedMsg), "k"); err != nil {
+		t.Fatalf("the next message: %v", err)
+	}
+	if got := srv.received(); len(got) != 1 || strings.Join(got[0].to, ",") != "alice@example.com" {
+		t.Fatalf("relay received %+v; want the next message, to alice", got)
+	}
+}
+
 func TestNewRelayChecksConfig(t *testing.T) {
 	for _, cfg := range []RelayConfig{
 		{Addr: "smtp.example.com", Hostname: "kms.example.com"}, // no port

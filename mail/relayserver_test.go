@@ -22,6 +22,7 @@ type testRelay struct {
 
 	mu       sync.Mutex
 	script   map[string][]int // recipient -> reply codes for successive RCPTs; the last repeats
+	mailCode int              // the reply to MAIL FROM when not 0 (a 5xx: the relay refuses the sender)
 	rcpts    map[string]int   // RCPTs seen per recipient
 	msgs     []relayed
 	authSeen int
@@ -142,6 +143,12 @@ func (s *relaySession) Auth(string) (sasl.Server, error) {
 func (s *relaySession) Mail(from string, _ *smtp.MailOptions) error {
 	if s.needAuth && s.user == "" {
 		return smtp.ErrAuthRequired
+	}
+	s.relay.mu.Lock()
+	code := s.relay.mailCode
+	s.relay.mu.Unlock()
+	if code != 0 {
+		return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "sender address rejected"}
 	}
 	s.from = from
 	return nil

@@ -21,6 +21,7 @@ import (
 
 	"github.com/kmsmail/kms/admin"
 	"github.com/kmsmail/kms/mail/smime"
+	"github.com/kmsmail/kms/mail/smtpclient"
 )
 
 // target is a running daemon as the generator reaches it.
@@ -351,7 +352,7 @@ func (g *generator) phase(ctx context.Context, users []*user, renewal bool, w *w
 	// The connections open before the clock starts, and a daemon that
 	// refuses them now is misconfigured rather than restarting: no retry.
 	// Each sender owns its connection from here on, and closes it.
-	conns := make([]*smtpClient, 0, g.o.Concurrency)
+	conns := make([]*smtpclient.Client, 0, g.o.Concurrency)
 	defer func() {
 		for _, c := range conns { // those no sender took: the phase failed first
 			c.Close()

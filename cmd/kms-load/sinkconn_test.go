@@ -13,6 +13,8 @@ import (
 	"time"
 
 	gosmtp "github.com/emersion/go-smtp"
+
+	"github.com/kmsmail/kms/mail/smtpclient"
 )
 
 // TestReadData: the sink's DATA reader undoes dot-stuffing, ends only at
@@ -75,14 +77,14 @@ func TestReadData(t *testing.T) {
 	}
 }
 
-// TestReadDataRoundTrip: what the sender's appendData puts on the wire,
+// TestReadDataRoundTrip: what smtpclient.AppendData puts on the wire,
 // readData takes back as it was, whatever lines start with a dot.
 func TestReadDataRoundTrip(t *testing.T) {
 	msg := "From: a@b\r\n\r\n.\r\n..\r\n.x\r\nbody\r\n.\r\n"
-	r := bufio.NewReader(bytes.NewReader(appendData(nil, []byte(msg))))
+	r := bufio.NewReader(bytes.NewReader(smtpclient.AppendData(nil, []byte(msg))))
 	got, err := readData(r, sinkMaxMessage, sinkMaxLine)
 	if err != nil || string(got) != msg {
-		t.Fatalf("readData(appendData(%q)) = %q, %v", msg, got, err)
+		t.Fatalf("readData(AppendData(%q)) = %q, %v", msg, got, err)
 	}
 }
 

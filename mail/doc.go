@@ -20,5 +20,7 @@
 // (after the relay's 250, before the store's commit) sends the mail again,
 // with the same Message-ID so that receivers can recognise it.
 //
-// The subpackage smime reads and writes the S/MIME content itself.
+// The subpackage smime reads and writes the S/MIME content itself, and
+// smtpclient is the SMTP client the relay transport sends with (it
+// pipelines MAIL, RCPT and DATA, which go-smtp's client cannot).
 package mail

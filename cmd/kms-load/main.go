@@ -23,11 +23,12 @@
 //     enrollment phase, before the clock starts, and the SMTP connections
 //     are open; the timed window only sends prepared bytes (and signs a
 //     user's later renewals, which need the new certificate).
-//   - Its SMTP client and sink are its own, small ones: requests go out
-//     pipelined (RFC 2920: MAIL, RCPT and DATA in one write, as Postfix
-//     sends to a server that offers PIPELINING), and the sink reads a
-//     message a line at a time where go-smtp's server reads a byte at a
-//     time (0.43 ms of CPU a renewal instead of ~0.65).
+//   - Requests go out pipelined (RFC 2920: MAIL, RCPT and DATA in one
+//     write, as Postfix sends to a server that offers PIPELINING), with
+//     mail/smtpclient, the client the daemon's relay uses; the sink is a
+//     small one of its own, which reads a message a line at a time where
+//     go-smtp's server reads a byte at a time (0.43 ms of CPU a renewal
+//     instead of ~0.65).
 //   - Replies are only matched to their requests (In-Reply-To) in the
 //     window, and, for a user with another renewal to send, its new
 //     certificate is taken out without verification. Only replies verified

@@ -11,8 +11,8 @@ import (
 	"time"
 )
 
-// sinkConn is one SMTP session of the sink: the daemon's relay (go-smtp's
-// client) on the other end. It speaks just what a relay client needs:
+// sinkConn is one SMTP session of the sink: the daemon's relay
+// (mail/smtpclient, which pipelines) on the other end. It speaks just what a relay client needs:
 // EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP and QUIT, with PIPELINING
 // (replies go out when the client has nothing more buffered for us), and
 // answers 502 to the other commands of RFC 5321 and its extensions, 500
@@ -183,7 +183,7 @@ func (c *sinkConn) hello(verb, domain string) {
 }
 
 // mailFrom opens a transaction from any sender. Its ESMTP parameters
-// (BODY=8BITMIME from go-smtp's client) are accepted and ignored.
+// (BODY=8BITMIME from the relay's client) are accepted and ignored.
 func (c *sinkConn) mailFrom(arg string) {
 	switch {
 	case !c.greeted:

@@ -6,6 +6,7 @@ import (
 	"net"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -176,26 +177,49 @@ func (l *lose250) count() int {
 }
 
 // lose250Conn is one SMTP connection through lose250. It watches the
-// client's bytes for the end of a message's data (CRLF.CRLF, which
-// dot-stuffing keeps out of the message); the daemon's next reply is the
-// one that answers it.
+// client's bytes for the end of a message: the end of its data
+// (CRLF.CRLF, which dot-stuffing keeps out of the message), or the last
+// byte of a BDAT LAST chunk; the daemon's next reply is the one that
+// answers it.
 type lose250Conn struct {
 	net.Conn
-	l     *lose250
-	tail  []byte      // the last bytes read, to find the end of data across reads
-	ended atomic.Bool // a message's data ended; its reply is next
+	l         *lose250
+	tail      []byte      // the last bytes read, to find the end of data across reads
+	chunkLeft int         // bytes of a BDAT LAST chunk still to come
+	ended     atomic.Bool // a message ended; its reply is next
 }
 
-var endOfData = []byte("\r\n.\r\n")
+var (
+	endOfData = []byte("\r\n.\r\n")
+	bdatLast  = regexp.MustCompile(`BDAT ([0-9]+) LAST\r\n`)
+)
 
 func (c *lose250Conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
+	if c.chunkLeft > 0 {
+		// Inside a chunk: its bytes are the message, not commands.
+		if c.chunkLeft -= n; c.chunkLeft <= 0 {
+			c.ended.Store(true)
+			c.chunkLeft = 0
+		}
+		c.tail = nil
+		return n, err
+	}
 	buf := append(c.tail, p[:n]...)
+	if m := bdatLast.FindSubmatchIndex(buf); m != nil {
+		size, _ := strconv.Atoi(string(buf[m[2]:m[3]]))
+		if c.chunkLeft = size - (len(buf) - m[1]); c.chunkLeft <= 0 {
+			c.ended.Store(true)
+			c.chunkLeft = 0
+		}
+		c.tail = nil
+		return n, err
+	}
 	if bytes.Contains(buf, endOfData) {
 		c.ended.Store(true)
 		buf = nil
 	}
-	c.tail = bytes.Clone(buf[max(0, len(buf)-len(endOfData)+1):])
+	c.tail = bytes.Clone(buf[max(0, len(buf)-len("BDAT 1000000000 LAST\r\n")):])
 	return n, err
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -47,12 +48,11 @@ func dialLogged(t *testing.T, addr string) *writeLog {
 	return &writeLog{Conn: conn}
 }
 
-// TestSinkTakesPipelinedMail: the sink offers PIPELINING, so a
-// transaction from the daemon's relay (mail/smtpclient) is two writes:
-// MAIL, RCPT and DATA together, then the message, dot-stuffed, with the
-// end-of-data line. The sink keeps the message as it was; a refused
-// recipient is a 550 that the sender treats as final, and the connection
-// stays in step.
+// TestSinkTakesPipelinedMail: the sink offers PIPELINING and CHUNKING,
+// so a message from the daemon's relay (mail/smtpclient) to one recipient
+// is one write: MAIL, RCPT and BDAT with the message. The sink keeps the
+// message as it was; a refused recipient is a 550 that the sender treats
+// as final, and the connection stays in step.
 func TestSinkTakesPipelinedMail(t *testing.T) {
 	s := testSink(t)
 	w := dialLogged(t, s.addr)
@@ -60,8 +60,10 @@ func TestSinkTakesPipelinedMail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, _ := c.Extension("PIPELINING"); !ok {
-		t.Fatal("the sink does not offer PIPELINING")
+	for _, ext := range []string{"PIPELINING", "CHUNKING"} {
+		if ok, _ := c.Extension(ext); !ok {
+			t.Fatalf("the sink does not offer %s", ext)
+		}
 	}
 	w.take()
 	msg := "Subject: x\r\n\r\n.dot\r\nbody\r\n"
@@ -69,8 +71,7 @@ func TestSinkTakesPipelinedMail(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"MAIL FROM:<user@example.com> BODY=8BITMIME\r\nRCPT TO:<load@example.com>\r\nDATA\r\n",
-		"Subject: x\r\n\r\n..dot\r\nbody\r\n.\r\n",
+		"MAIL FROM:<user@example.com> BODY=8BITMIME\r\nRCPT TO:<load@example.com>\r\nBDAT " + strconv.Itoa(len(msg)) + " LAST\r\n" + msg,
 	}
 	if got := w.take(); !slices.Equal(got, want) {
 		t.Fatalf("wrote %q; want %q", got, want)

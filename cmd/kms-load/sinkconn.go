@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -13,8 +15,10 @@ import (
 
 // sinkConn is one SMTP session of the sink: the daemon's relay
 // (mail/smtpclient, which pipelines) on the other end. It speaks just what a relay client needs:
-// EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP and QUIT, with PIPELINING
-// (replies go out when the client has nothing more buffered for us), and
+// EHLO/HELO, MAIL, RCPT, DATA, BDAT, RSET, NOOP and QUIT, with PIPELINING
+// (replies go out when the client has nothing more buffered for us) and
+// CHUNKING (the relay's client sends a message to one recipient as one
+// BDAT chunk, in the same write as its MAIL and RCPT), and
 // answers 502 to the other commands of RFC 5321 and its extensions, 500
 // to anything else.
 type sinkConn struct {
@@ -25,6 +29,7 @@ type sinkConn struct {
 	greeted bool     // EHLO or HELO seen
 	mail    bool     // MAIL accepted: a transaction is open
 	rcpts   []string // the transaction's accepted recipients
+	chunks  []byte   // the BDAT chunks of the message so far
 }
 
 func newSinkConn(s *sink, conn net.Conn) *sinkConn {
@@ -66,6 +71,9 @@ func (d deadlineWriter) Write(p []byte) (int, error) {
 var (
 	errLineTooLong     = fmt.Errorf("a line over %d bytes", sinkMaxLine)
 	errMessageTooLarge = fmt.Errorf("a message over %d bytes", sinkMaxMessage)
+	// errChunkSize: a BDAT whose size cannot be read, so that the end of
+	// its chunk, and the next command, cannot be found.
+	errChunkSize = errors.New("BDAT without a chunk size")
 	// errQuit ends the session after QUIT's reply.
 	errQuit = errors.New("QUIT")
 )
@@ -91,6 +99,8 @@ func (c *sinkConn) end(err error) {
 	case errors.Is(err, errQuit):
 	case errors.Is(err, errLineTooLong):
 		c.reply("500 5.5.2 Line too long, closing connection")
+	case errors.Is(err, errChunkSize):
+		c.reply("501 5.5.4 Syntax: BDAT size [LAST], closing connection")
 	case errors.As(err, &ne) && ne.Timeout():
 		c.reply("421 4.4.2 Idle too long, closing connection")
 	case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET):
@@ -141,6 +151,8 @@ func (c *sinkConn) handle(line string) error {
 		c.rcptTo(arg)
 	case "DATA":
 		return c.data(arg)
+	case "BDAT":
+		return c.bdat(arg)
 	case "RSET":
 		c.reset()
 		c.reply("250 2.0.0 OK")
@@ -149,7 +161,7 @@ func (c *sinkConn) handle(line string) error {
 	case "QUIT":
 		c.reply("221 2.0.0 Bye")
 		return errQuit
-	case "VRFY", "EXPN", "HELP", "TURN", "SEND", "SOML", "SAML", "STARTTLS", "AUTH", "BDAT", "ETRN", "ATRN", "LHLO":
+	case "VRFY", "EXPN", "HELP", "TURN", "SEND", "SOML", "SAML", "STARTTLS", "AUTH", "ETRN", "ATRN", "LHLO":
 		c.reply("502 5.5.1 " + verb + " not implemented here")
 	default:
 		c.reply("500 5.5.2 Command not recognized")
@@ -159,7 +171,7 @@ func (c *sinkConn) handle(line string) error {
 
 // reset ends the transaction, if one is open.
 func (c *sinkConn) reset() {
-	c.mail, c.rcpts = false, nil
+	c.mail, c.rcpts, c.chunks = false, nil, nil
 }
 
 // hello answers EHLO with the extensions the sink has, HELO plainly; both
@@ -178,6 +190,7 @@ func (c *sinkConn) hello(verb, domain string) {
 	c.reply("250-" + sinkHostname)
 	c.reply("250-PIPELINING")
 	c.reply("250-8BITMIME")
+	c.reply("250-CHUNKING")
 	c.reply("250-ENHANCEDSTATUSCODES")
 	c.reply(fmt.Sprintf("250 SIZE %d", sinkMaxMessage))
 }
@@ -253,6 +266,49 @@ func (c *sinkConn) data(arg string) error {
 		c.s.keep(raw, rcpts)
 		c.reply("250 2.0.0 OK: kept")
 	}
+	return nil
+}
+
+// bdat takes a chunk of a message (RFC 3030), and keeps the message at
+// its LAST chunk, before the 250. The chunk follows the command whatever
+// the reply, so a refused one is read and dropped; a size that cannot be
+// read leaves the end of the chunk unknown, and ends the session.
+func (c *sinkConn) bdat(arg string) error {
+	sizeArg, last, _ := strings.Cut(strings.TrimSpace(arg), " ")
+	size, err := strconv.ParseUint(sizeArg, 10, 31)
+	if err != nil || (last != "" && !strings.EqualFold(last, "LAST")) {
+		return errChunkSize
+	}
+	refuse := ""
+	switch {
+	case !c.mail:
+		refuse = "503 5.5.1 MAIL first"
+	case len(c.rcpts) == 0:
+		refuse = "554 5.5.1 No valid recipients"
+	case len(c.chunks)+int(size) > sinkMaxMessage:
+		refuse = fmt.Sprintf("552 5.3.4 Message too large: over %d bytes", sinkMaxMessage)
+	}
+	if refuse != "" {
+		if _, err := io.CopyN(io.Discard, c.r, int64(size)); err != nil {
+			return fmt.Errorf("reading a refused chunk: %w", err)
+		}
+		c.reset()
+		c.reply(refuse)
+		return nil
+	}
+	n := len(c.chunks)
+	c.chunks = slices.Grow(c.chunks, int(size))[:n+int(size)]
+	if _, err := io.ReadFull(c.r, c.chunks[n:]); err != nil {
+		return fmt.Errorf("reading the message: %w", err)
+	}
+	if last == "" {
+		c.reply(fmt.Sprintf("250 2.0.0 %d octets received", size))
+		return nil
+	}
+	raw, rcpts := c.chunks, c.rcpts
+	c.reset()
+	c.s.keep(raw, rcpts)
+	c.reply("250 2.0.0 OK: kept")
 	return nil
 }
 

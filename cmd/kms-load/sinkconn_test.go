@@ -180,6 +180,53 @@ func TestSinkCommands(t *testing.T) {
 	}
 }
 
+// TestSinkChunking: BDAT chunks make one message, kept at the LAST one;
+// a refused chunk is read and dropped, so the commands after it are
+// commands; a size that is not a number ends the session.
+func TestSinkChunking(t *testing.T) {
+	s, conn, text := sinkSession(t)
+	script := []struct {
+		cmd  string // with its chunk, which the CRLF that follows every line ends
+		code int
+	}{
+		{"EHLO relay.example.com", 250},
+		{"BDAT 6 LAST\r\nNOOP", 503}, // no MAIL: the chunk is skipped, not run
+		{"MAIL FROM:<kms@example.com>", 250},
+		{"RCPT TO:<stranger@example.com>", 550},
+		{"BDAT 6\r\nRSET", 554}, // no valid recipient
+		{"MAIL FROM:<kms@example.com>", 250},
+		{"RCPT TO:<load@example.com>", 250},
+		{"BDAT 7\r\nhello", 250},
+		{"BDAT 0", 250},
+		{"BDAT 8 last\r\n.world", 250},
+		{"RCPT TO:<load@example.com>", 503}, // the transaction ended with LAST
+		{"BDAT 1x", 501},
+	}
+	var all strings.Builder
+	for _, st := range script {
+		all.WriteString(st.cmd + "\r\n")
+	}
+	if _, err := io.WriteString(conn, all.String()); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range script {
+		code, msg, err := text.ReadResponse(0)
+		if err != nil || code != st.code {
+			t.Fatalf("%q: %d %q, %v; want %d", st.cmd, code, msg, err, st.code)
+		}
+		if strings.HasPrefix(st.cmd, "EHLO") && !strings.Contains(msg, "\nCHUNKING") {
+			t.Errorf("EHLO reply %q does not offer CHUNKING", msg)
+		}
+	}
+	if _, err := text.ReadLine(); err != io.EOF {
+		t.Errorf("after a BDAT without a size: %v, want the connection closed", err)
+	}
+	got := s.received()
+	if len(got) != 1 || string(got[0].raw) != "hello\r\n.world\r\n" {
+		t.Fatalf("kept %d messages: %+v; want one, hello .world", len(got), got)
+	}
+}
+
 // TestSinkLongCommand: a command line over the limit ends the session
 // with a 500, as go-smtp's server did.
 func TestSinkLongCommand(t *testing.T) {
@@ -195,8 +242,9 @@ func TestSinkLongCommand(t *testing.T) {
 	}
 }
 
-// TestSinkGoSMTPClient: the daemon's relay client, go-smtp's, delivers
-// to the sink as the relay uses it: several messages a session, a
+// TestSinkGoSMTPClient: go-smtp's client, an independent one without
+// pipelining (the daemon's relay used it before mail/smtpclient), delivers
+// to the sink as a relay client does: several messages a session, a
 // refused recipient followed by RSET, NOOP, QUIT; a message with a line
 // over the limit is refused with a 5xx and the session goes on.
 func TestSinkGoSMTPClient(t *testing.T) {

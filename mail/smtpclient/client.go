@@ -6,9 +6,13 @@
 // because go-smtp's client sends one command and waits for its reply
 // before the next: MAIL, RCPT, DATA and the data are four round trips a
 // message. Pipelined they are two (MAIL, every RCPT and DATA in one
-// write; then the dot-stuffed data in one write), as Postfix sends. At
-// a stream of replies to a relay on loopback this was ~4% of the CPU a
-// renewal, between kms and the relay, and a fifth of its latency.
+// write; then the dot-stuffed data in one write), as Postfix sends; and
+// one, to a server that also offers CHUNKING (RFC 3030), for a message
+// to one recipient: MAIL, RCPT and "BDAT n LAST" with the message in one
+// write. At a stream of replies to a relay on loopback the two round
+// trips saved ~4% of the CPU a renewal, between kms and the relay, and a
+// fifth of its latency; over a WAN each one saved is a round-trip time
+// a message.
 //
 // A refusal is a *Reply, which names the command the server refused and
 // carries its code. After any other error (the connection failed or timed
@@ -66,6 +70,7 @@ type Client struct {
 	tls     bool
 	broken  bool
 	buf     []byte // the next write, kept for reuse
+	body    []byte // a BDAT chunk being built, kept for reuse
 }
 
 // New reads the server's greeting on conn. timeout bounds each wait for a
@@ -203,6 +208,8 @@ func encodeSASL(b []byte) string {
 //
 // With PIPELINING, MAIL, the RCPTs and DATA go in one write and their
 // replies are read together; the first refusal among them is the error.
+// With CHUNKING as well and one recipient, the message goes in that same
+// write as one BDAT LAST chunk (see sendChunked).
 // Any refused recipient fails the whole transaction, as kms wants each of
 // its messages delivered to all its recipients or retried. A server that
 // answers DATA with 354 although it refused something would take the data
@@ -230,8 +237,12 @@ func (c *Client) Send(from string, to []string, msg []byte) (dataSent bool, err 
 	for _, rcpt := range to {
 		commands = append(commands, "RCPT TO:<"+rcpt+">")
 	}
+	pipelining, _ := c.Extension("PIPELINING")
+	if chunking, _ := c.Extension("CHUNKING"); pipelining && chunking && len(to) == 1 {
+		return c.sendChunked(commands, msg)
+	}
 	commands = append(commands, "DATA")
-	if ok, _ := c.Extension("PIPELINING"); ok {
+	if pipelining {
 		err = c.envelopePipelined(commands)
 	} else {
 		err = c.envelope(commands)
@@ -245,6 +256,63 @@ func (c *Client) Send(from string, to []string, msg []byte) (dataSent bool, err 
 	}
 	_, err = c.read("end of data", 250)
 	return true, err
+}
+
+// sendChunked sends MAIL, RCPT, "BDAT n LAST" and the message (its lines
+// ending in CRLF, not dot-stuffed) in one write, and reads the three
+// replies. The server reads and drops the chunk when it refused MAIL or
+// RCPT (RFC 3030 section 2), so a refusal leaves the session in step. It
+// is kept to one recipient: with several, one refused RCPT would not stop
+// the message going to the others, as it does with DATA (see Send).
+func (c *Client) sendChunked(envelope []string, msg []byte) (dataSent bool, err error) {
+	c.body = appendCRLF(c.body[:0], msg)
+	bdat := "BDAT " + strconv.Itoa(len(c.body)) + " LAST"
+	c.buf = c.buf[:0]
+	for _, cmd := range append(envelope, bdat) {
+		c.buf = append(append(c.buf, cmd...), "\r\n"...)
+	}
+	c.buf = append(c.buf, c.body...)
+	if err := c.write(); err != nil {
+		return true, err // the server may have had all of it
+	}
+	var refused error
+	for _, cmd := range append(envelope, bdat) {
+		_, err := c.read(cmd, expect(cmd))
+		var r *Reply
+		if err != nil && !errors.As(err, &r) {
+			return true, err
+		}
+		if err != nil && refused == nil {
+			refused = err
+		}
+	}
+	// The data was taken only if nothing before the chunk was refused.
+	var r *Reply
+	if errors.As(refused, &r) && r.Command != bdat {
+		return false, refused
+	}
+	return true, refused
+}
+
+// appendCRLF appends msg to dst with every line ending in CRLF (a bare LF
+// gets its CR, a last line without an end gets one): the message as the
+// server gets it through AppendData, which BDAT carries as it is.
+func appendCRLF(dst, msg []byte) []byte {
+	for len(msg) > 0 {
+		i := bytes.IndexByte(msg, '\n')
+		if i < 0 {
+			// The last line, ended as the DATA path ends it.
+			return append(append(dst, msg...), "\r\n"...)
+		}
+		line := msg[:i]
+		msg = msg[i+1:]
+		dst = append(dst, line...)
+		if len(line) == 0 || line[len(line)-1] != '\r' {
+			dst = append(dst, '\r')
+		}
+		dst = append(dst, '\n')
+	}
+	return dst
 }
 
 // mailParams is what MAIL FROM carries, as net/smtp sends it: BODY=8BITMIME

@@ -3,6 +3,8 @@ package smtpclient
 import (
 	"encoding/base64"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/textproto"
 	"slices"
@@ -93,6 +95,22 @@ func (f *fakeServer) serve(c *textproto.Conn) {
 		}
 		f.mu.Unlock()
 		switch {
+		case verb == "BDAT":
+			// The chunk follows the command whatever the reply.
+			var n int
+			fmt.Sscanf(line, "BDAT %d", &n)
+			b := make([]byte, n)
+			if _, err := io.ReadFull(c.R, b); err != nil {
+				return
+			}
+			if reply != "" {
+				c.PrintfLine("%s", reply)
+				continue
+			}
+			f.mu.Lock()
+			f.data = append(f.data, string(b))
+			f.mu.Unlock()
+			c.PrintfLine("250 2.0.0 kept")
 		case reply != "":
 			c.PrintfLine("%s", reply)
 		case verb == "EHLO":
@@ -173,6 +191,71 @@ func TestSendPipelined(t *testing.T) {
 	_, data := f.got()
 	if want := []string{"Subject: x\n\n.dot\nbody\n"}; !slices.Equal(data, want) { // ReadDotBytes gives LF
 		t.Errorf("the server got %q; want %q", data, want)
+	}
+}
+
+const chunkingEHLO = "250-fake\r\n250-PIPELINING\r\n250 CHUNKING\r\n"
+
+// TestSendChunked: with PIPELINING and CHUNKING offered, a message to one
+// recipient is one write: MAIL, RCPT, BDAT with its size, and the message
+// with CRLF line ends and no dot-stuffing. To two recipients it goes with
+// DATA, so that a refused one stops it for both (TestSendRefusals).
+func TestSendChunked(t *testing.T) {
+	f := startFake(t, chunkingEHLO, nil)
+	c, w := dial(t, f)
+	msg := "Subject: x\r\n\r\n.dot\nlast line"
+	const onWire = "Subject: x\r\n\r\n.dot\r\nlast line\r\n"
+	sent, err := c.Send("kms@example.com", []string{"a@example.com"}, []byte(msg))
+	if err != nil || !sent {
+		t.Fatalf("Send = %v, %v; want the chunk sent and accepted", sent, err)
+	}
+	want := fmt.Sprintf("MAIL FROM:<kms@example.com>\r\nRCPT TO:<a@example.com>\r\nBDAT %d LAST\r\n%s", len(onWire), onWire)
+	if got := w.take(); !slices.Equal(got, []string{want}) {
+		t.Fatalf("wrote %q; want %q", got, want)
+	}
+	if _, err := c.Send("kms@example.com", []string{"a@example.com", "b@example.com"}, []byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.take(); len(got) != 2 || !strings.HasSuffix(got[0], "DATA\r\n") {
+		t.Fatalf("to two recipients wrote %q; want the envelope with DATA, then the data", got)
+	}
+	c.Quit()
+	if _, data := f.got(); len(data) != 2 || data[0] != onWire || data[1] != strings.ReplaceAll(onWire, "\r\n", "\n") {
+		t.Fatalf("the server got %q; want the message twice", data)
+	}
+}
+
+// TestSendChunkedRefusals: the three replies are all read, the first
+// refusal is the error, and the session stays in step (the server drops
+// the chunk of a refused transaction). dataSent is false when the refusal
+// came before the chunk, so the server does not have the message.
+func TestSendChunkedRefusals(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		answers  map[string][]string
+		command  string
+		code     int
+		dataSent bool
+	}{
+		{"RCPT 550", map[string][]string{"RCPT": {"550 5.1.1 no such user"}, "BDAT": {"503 5.5.1 no valid recipients"}}, "RCPT TO:<a@example.com>", 550, false},
+		{"MAIL 451", map[string][]string{"MAIL": {"451 4.3.0 later"}, "RCPT": {"503 5.5.1 MAIL first"}, "BDAT": {"503 5.5.1 MAIL first"}}, "MAIL FROM:<kms@example.com>", 451, false},
+		{"BDAT 552", map[string][]string{"BDAT": {"552 5.3.4 too big"}}, "BDAT 6 LAST", 552, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := startFake(t, chunkingEHLO, tt.answers)
+			c, _ := dial(t, f)
+			sent, err := c.Send("kms@example.com", []string{"a@example.com"}, []byte("body\r\n"))
+			var r *Reply
+			if !errors.As(err, &r) || r.Command != tt.command || r.Code != tt.code || sent != tt.dataSent {
+				t.Fatalf("Send = %v, %v; want %s refused with %d, data sent %v", sent, err, tt.command, tt.code, tt.dataSent)
+			}
+			if err := c.Reset(); err != nil {
+				t.Fatalf("RSET after the refusal: %v", err)
+			}
+			if _, data := f.got(); len(data) != 0 {
+				t.Fatalf("the server kept %q after a refusal", data)
+			}
+		})
 	}
 }
 

@@ -120,15 +120,40 @@ func sinkSession(t *testing.T) (*sink, net.Conn, *textproto.Reader) {
 	return s, conn, text
 }
 
+// sinkStep is a command line and the reply code the sink must give it.
+type sinkStep struct {
+	cmd  string
+	code int
+}
+
+// pipeline sends every step's line in one write, as a pipelining client
+// does, checks the code of each reply and returns their texts.
+func pipeline(t *testing.T, conn net.Conn, text *textproto.Reader, steps []sinkStep) []string {
+	t.Helper()
+	var all strings.Builder
+	for _, st := range steps {
+		all.WriteString(st.cmd + "\r\n")
+	}
+	if _, err := io.WriteString(conn, all.String()); err != nil {
+		t.Fatal(err)
+	}
+	msgs := make([]string, len(steps))
+	for i, st := range steps {
+		code, msg, err := text.ReadResponse(0)
+		if err != nil || code != st.code {
+			t.Fatalf("%q: %d %q, %v; want %d", st.cmd, code, msg, err, st.code)
+		}
+		msgs[i] = msg
+	}
+	return msgs
+}
+
 // TestSinkCommands: the sink's answers to each command, in and out of
 // order, all written in one go as a pipelining client does; the message
 // of the one transaction that gets through is kept as sent.
 func TestSinkCommands(t *testing.T) {
 	s, conn, text := sinkSession(t)
-	script := []struct {
-		cmd  string
-		code int
-	}{
+	script := []sinkStep{
 		{"MAIL FROM:<kms@example.com>", 503}, // before EHLO
 		{"EHLO", 501},
 		{"EHLO relay.example.com", 250},
@@ -155,21 +180,8 @@ func TestSinkCommands(t *testing.T) {
 		{"RCPT TO:<load@example.com>", 503}, // and with RSET
 		{"QUIT", 221},
 	}
-	var all strings.Builder
-	for _, st := range script {
-		all.WriteString(st.cmd + "\r\n")
-	}
-	if _, err := io.WriteString(conn, all.String()); err != nil {
-		t.Fatal(err)
-	}
-	for _, st := range script {
-		code, msg, err := text.ReadResponse(0)
-		if err != nil || code != st.code {
-			t.Fatalf("%q: %d %q, %v; want %d", st.cmd, code, msg, err, st.code)
-		}
-		if st.cmd == "EHLO relay.example.com" && !strings.Contains(msg, "\nPIPELINING") {
-			t.Errorf("EHLO reply %q does not offer PIPELINING", msg)
-		}
+	if ehlo := pipeline(t, conn, text, script)[2]; !strings.Contains(ehlo, "\nPIPELINING") {
+		t.Errorf("EHLO reply %q does not offer PIPELINING", ehlo)
 	}
 	if _, err := text.ReadLine(); err != io.EOF {
 		t.Errorf("after QUIT: %v, want the connection closed", err)
@@ -185,10 +197,8 @@ func TestSinkCommands(t *testing.T) {
 // commands; a size that is not a number ends the session.
 func TestSinkChunking(t *testing.T) {
 	s, conn, text := sinkSession(t)
-	script := []struct {
-		cmd  string // with its chunk, which the CRLF that follows every line ends
-		code int
-	}{
+	// A BDAT step carries its chunk, which the CRLF after every step ends.
+	script := []sinkStep{
 		{"EHLO relay.example.com", 250},
 		{"BDAT 6 LAST\r\nNOOP", 503}, // no MAIL: the chunk is skipped, not run
 		{"MAIL FROM:<kms@example.com>", 250},
@@ -202,21 +212,8 @@ func TestSinkChunking(t *testing.T) {
 		{"RCPT TO:<load@example.com>", 503}, // the transaction ended with LAST
 		{"BDAT 1x", 501},
 	}
-	var all strings.Builder
-	for _, st := range script {
-		all.WriteString(st.cmd + "\r\n")
-	}
-	if _, err := io.WriteString(conn, all.String()); err != nil {
-		t.Fatal(err)
-	}
-	for _, st := range script {
-		code, msg, err := text.ReadResponse(0)
-		if err != nil || code != st.code {
-			t.Fatalf("%q: %d %q, %v; want %d", st.cmd, code, msg, err, st.code)
-		}
-		if strings.HasPrefix(st.cmd, "EHLO") && !strings.Contains(msg, "\nCHUNKING") {
-			t.Errorf("EHLO reply %q does not offer CHUNKING", msg)
-		}
+	if ehlo := pipeline(t, conn, text, script)[0]; !strings.Contains(ehlo, "\nCHUNKING") {
+		t.Errorf("EHLO reply %q does not offer CHUNKING", ehlo)
 	}
 	if _, err := text.ReadLine(); err != io.EOF {
 		t.Errorf("after a BDAT without a size: %v, want the connection closed", err)

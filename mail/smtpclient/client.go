@@ -265,10 +265,11 @@ func (c *Client) Send(from string, to []string, msg []byte) (dataSent bool, err 
 // is kept to one recipient: with several, one refused RCPT would not stop
 // the message going to the others, as it does with DATA (see Send).
 func (c *Client) sendChunked(envelope []string, msg []byte) (dataSent bool, err error) {
-	c.body = appendCRLF(c.body[:0], msg)
+	c.body = appendLines(c.body[:0], msg, false)
 	bdat := "BDAT " + strconv.Itoa(len(c.body)) + " LAST"
+	commands := append(envelope, bdat)
 	c.buf = c.buf[:0]
-	for _, cmd := range append(envelope, bdat) {
+	for _, cmd := range commands {
 		c.buf = append(append(c.buf, cmd...), "\r\n"...)
 	}
 	c.buf = append(c.buf, c.body...)
@@ -276,7 +277,7 @@ func (c *Client) sendChunked(envelope []string, msg []byte) (dataSent bool, err 
 		return true, err // the server may have had all of it
 	}
 	var refused error
-	for _, cmd := range append(envelope, bdat) {
+	for _, cmd := range commands {
 		_, err := c.read(cmd, expect(cmd))
 		var r *Reply
 		if err != nil && !errors.As(err, &r) {
@@ -292,27 +293,6 @@ func (c *Client) sendChunked(envelope []string, msg []byte) (dataSent bool, err 
 		return false, refused
 	}
 	return true, refused
-}
-
-// appendCRLF appends msg to dst with every line ending in CRLF (a bare LF
-// gets its CR, a last line without an end gets one): the message as the
-// server gets it through AppendData, which BDAT carries as it is.
-func appendCRLF(dst, msg []byte) []byte {
-	for len(msg) > 0 {
-		i := bytes.IndexByte(msg, '\n')
-		if i < 0 {
-			// The last line, ended as the DATA path ends it.
-			return append(append(dst, msg...), "\r\n"...)
-		}
-		line := msg[:i]
-		msg = msg[i+1:]
-		dst = append(dst, line...)
-		if len(line) == 0 || line[len(line)-1] != '\r' {
-			dst = append(dst, '\r')
-		}
-		dst = append(dst, '\n')
-	}
-	return dst
 }
 
 // mailParams is what MAIL FROM carries, as net/smtp sends it: BODY=8BITMIME
@@ -489,6 +469,15 @@ func splitEnhanced(msg string) (enhanced, text string) {
 // is what net/textproto's DotWriter sends, a line at a time rather than a
 // byte.
 func AppendData(dst, msg []byte) []byte {
+	return append(appendLines(dst, msg, true), ".\r\n"...)
+}
+
+// appendLines appends msg to dst with every line ending in CRLF: a bare
+// LF gets its CR, and a last line without an end gets one. With stuff, a
+// line that starts with "." gets another in front (DATA); without, the
+// lines are what the server receives either way (BDAT carries them as
+// they are).
+func appendLines(dst, msg []byte, stuff bool) []byte {
 	for len(msg) > 0 {
 		line := msg
 		i := bytes.IndexByte(msg, '\n')
@@ -497,7 +486,7 @@ func AppendData(dst, msg []byte) []byte {
 		} else {
 			msg = nil
 		}
-		if len(line) > 0 && line[0] == '.' {
+		if stuff && len(line) > 0 && line[0] == '.' {
 			dst = append(dst, '.')
 		}
 		dst = append(dst, line...)
@@ -506,5 +495,5 @@ func AppendData(dst, msg []byte) []byte {
 		}
 		dst = append(dst, '\n')
 	}
-	return append(dst, ".\r\n"...)
+	return dst
 }

@@ -1,6 +1,8 @@
 package smtpclient
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -543,6 +545,22 @@ func TestSplitEnhanced(t *testing.T) {
 		enhanced, text := splitEnhanced(tt.msg)
 		if enhanced != tt.enhanced || text != tt.text {
 			t.Errorf("splitEnhanced(%q) = %q, %q; want %q, %q", tt.msg, enhanced, text, tt.enhanced, tt.text)
+		}
+	}
+}
+
+// TestBDATCarriesWhatDATADoes: the chunk BDAT sends is what a server
+// reads back from the dot-stuffed data of the same message.
+func TestBDATCarriesWhatDATADoes(t *testing.T) {
+	for _, msg := range []string{"", "a", "a\r", "a\n", "\n\n", ".\r\n.a\nb\r\r\n", "x\r\ny\r"} {
+		r := textproto.NewReader(bufio.NewReader(bytes.NewReader(AppendData(nil, []byte(msg)))))
+		viaDATA, err := r.ReadDotBytes() // LF line ends
+		if err != nil {
+			t.Fatal(err)
+		}
+		chunk := appendLines(nil, []byte(msg), false)
+		if got := strings.ReplaceAll(string(chunk), "\r\n", "\n"); got != string(viaDATA) || strings.Count(string(chunk), "\n") != strings.Count(string(chunk), "\r\n") {
+			t.Errorf("%q: BDAT sends %q, DATA gives %q", msg, chunk, viaDATA)
 		}
 	}
 }

@@ -22,6 +22,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseDuration -fuzztime 60s ./policy/
 	$(GO) test -run '^$$' -fuzz FuzzNormalize -fuzztime 60s ./enroll/
 	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime 60s ./config/
+	$(GO) test -run '^$$' -fuzz FuzzServerReplies -fuzztime 60s ./mail/smtpclient/
 
 run:
 	$(GO) run ./cmd/kms serve

@@ -49,7 +49,8 @@ type RelayConfig struct {
 
 // Relay delivers through an SMTP submission server. Sessions are kept
 // open between messages (see pooledClient), and each message's MAIL, RCPT
-// and DATA are pipelined when the relay offers PIPELINING (smtpclient).
+// and DATA are pipelined when the relay offers PIPELINING, or sent with
+// the message as one BDAT chunk when it also offers CHUNKING (smtpclient).
 //
 // Failures are classified by where they happen. Up to and including MAIL
 // FROM (connect, TLS, EHLO, AUTH) a failure is the relay's or the

@@ -23,9 +23,11 @@
 //     enrollment phase, before the clock starts, and the SMTP connections
 //     are open; the timed window only sends prepared bytes (and signs a
 //     user's later renewals, which need the new certificate).
-//   - Requests go out pipelined (RFC 2920: MAIL, RCPT and DATA in one
-//     write, as Postfix sends to a server that offers PIPELINING), with
-//     mail/smtpclient, the client the daemon's relay uses; the sink is a
+//   - Requests go out with mail/smtpclient, the client the daemon's relay
+//     uses: pipelined (RFC 2920), and since the daemon's go-smtp server
+//     offers CHUNKING, each as one write of MAIL, RCPT and BDAT LAST with
+//     the message (RFC 3030), as an MTA that sends BDAT delivers to the
+//     KMS (Postfix documents BDAT for its server only). The sink is a
 //     small one of its own, which reads a message a line at a time where
 //     go-smtp's server reads a byte at a time (0.43 ms of CPU a renewal
 //     instead of ~0.65).

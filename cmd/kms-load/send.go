@@ -149,9 +149,9 @@ func transient(err error) bool {
 
 // greet reads the daemon's greeting on conn and says EHLO. The client is
 // mail/smtpclient, the one the daemon's relay sends with: it pipelines
-// (RFC 2920) MAIL, RCPT and DATA, as Postfix sends to a server that offers
-// PIPELINING, so a request is two writes and two waits instead of four of
-// each, CPU that the generator would otherwise take from the daemon.
+// (RFC 2920) and uses BDAT (RFC 3030) where the server offers them, as the
+// daemon's does, so a request is one write and one wait instead of four
+// of each, CPU that the generator would otherwise take from the daemon.
 func greet(conn net.Conn) (*smtpclient.Client, error) {
 	c, err := smtpclient.New(conn, 0)
 	if err != nil {

@@ -2,7 +2,9 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -56,33 +58,23 @@ func TestSinkTakesPipelinedMail(t *testing.T) {
 	}
 }
 
-// TestGreetingRefused: a 4xx greeting (a daemon shutting down) is a
-// transient error, a 5xx one final, as the sender's redial needs.
-func TestGreetingRefused(t *testing.T) {
+// TestTransient: what the sender sends again. A 4xx (a daemon shutting
+// down greets with 421) or a connection that failed is transient, as the
+// redial after a crash needs; a 5xx is final. (How a refused greeting
+// becomes a *smtpclient.Reply is mail/smtpclient's TestGreetingRefused.)
+func TestTransient(t *testing.T) {
 	for _, tt := range []struct {
-		greeting  string
+		err       error
 		transient bool
-	}{{"421 shutting down", true}, {"554 go away", false}} {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			conn, err := ln.Accept()
-			if err == nil {
-				conn.Write([]byte(tt.greeting + "\r\n"))
-				conn.Close()
-			}
-		}()
-		conn, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = greet(conn)
-		conn.Close()
-		ln.Close()
-		if err == nil || transient(err) != tt.transient {
-			t.Errorf("greeting %q: %v, transient %v; want transient %v", tt.greeting, err, transient(err), tt.transient)
+	}{
+		{&smtpclient.Reply{Command: "greeting", Code: 421}, true},
+		{fmt.Errorf("SMTP greeting and EHLO: %w", &smtpclient.Reply{Command: "greeting", Code: 554}), false},
+		{&smtpclient.Reply{Command: "RCPT TO:<a@example.com>", Code: 450}, true},
+		{&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, true},
+		{smtpclient.ErrBroken, true},
+	} {
+		if got := transient(tt.err); got != tt.transient {
+			t.Errorf("transient(%v) = %v; want %v", tt.err, got, tt.transient)
 		}
 	}
 }

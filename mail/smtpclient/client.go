@@ -67,7 +67,6 @@ type Client struct {
 	timeout time.Duration
 	name    string            // the name given in EHLO, again after STARTTLS
 	ext     map[string]string // EHLO keywords, upper case, to their parameters
-	tls     bool
 	broken  bool
 	buf     []byte // the next write, kept for reuse
 	body    []byte // a BDAT chunk being built, kept for reuse
@@ -135,14 +134,15 @@ func (c *Client) StartTLS(config *tls.Config) error {
 		c.broken = true
 		return fmt.Errorf("smtp: TLS handshake: %w", err)
 	}
-	c.conn, c.tls = tc, true
+	c.conn = tc
 	c.text = textproto.NewReader(bufio.NewReader(tc))
 	return c.Hello(c.name)
 }
 
-// TLSConnectionState returns the TLS state once StartTLS has succeeded.
+// TLSConnectionState returns the TLS state once StartTLS has succeeded
+// (or of a *tls.Conn given to New).
 func (c *Client) TLSConnectionState() (tls.ConnectionState, bool) {
-	if tc, ok := c.conn.(*tls.Conn); ok && c.tls {
+	if tc, ok := c.conn.(*tls.Conn); ok {
 		return tc.ConnectionState(), true
 	}
 	return tls.ConnectionState{}, false
@@ -151,6 +151,9 @@ func (c *Client) TLSConnectionState() (tls.ConnectionState, bool) {
 // Auth authenticates with a (RFC 4954): its first response goes with the
 // AUTH command, later ones answer the server's 334 challenges.
 func (c *Client) Auth(a sasl.Client) error {
+	if c.broken {
+		return ErrBroken
+	}
 	mech, resp, err := a.Start()
 	if err != nil {
 		return fmt.Errorf("smtp: AUTH: %w", err)
@@ -181,8 +184,11 @@ func (c *Client) Auth(a sasl.Client) error {
 			if err != nil {
 				// "*" cancels the exchange (RFC 4954 section 4).
 				c.buf = append(c.buf[:0], "*\r\n"...)
-				_ = c.write()
-				_, _, _ = c.text.ReadResponse(0)
+				if c.write() == nil {
+					if _, _, rerr := c.text.ReadResponse(0); rerr != nil {
+						c.broken = true // no reply to the "*": out of step
+					}
+				}
 				return fmt.Errorf("smtp: AUTH %s: %w", mech, err)
 			}
 			line = encodeSASL(next)
@@ -204,7 +210,8 @@ func encodeSASL(b []byte) string {
 
 // Send runs one mail transaction of msg from from to every address in to,
 // and returns once the server has answered the end of the data: nil is
-// its 250. msg is sent dot-stuffed, every line ending in CRLF.
+// its 250. The server gets msg with every line ending in CRLF (sent
+// dot-stuffed with DATA, as it is with BDAT).
 //
 // With PIPELINING, MAIL, the RCPTs and DATA go in one write and their
 // replies are read together; the first refusal among them is the error.
@@ -268,24 +275,9 @@ func (c *Client) sendChunked(envelope []string, msg []byte) (dataSent bool, err 
 	c.body = appendLines(c.body[:0], msg, false)
 	bdat := "BDAT " + strconv.Itoa(len(c.body)) + " LAST"
 	commands := append(envelope, bdat)
-	c.buf = c.buf[:0]
-	for _, cmd := range commands {
-		c.buf = append(append(c.buf, cmd...), "\r\n"...)
-	}
-	c.buf = append(c.buf, c.body...)
-	if err := c.write(); err != nil {
+	refused, _, err := c.pipeline(commands, c.body)
+	if err != nil {
 		return true, err // the server may have had all of it
-	}
-	var refused error
-	for _, cmd := range commands {
-		_, err := c.read(cmd, expect(cmd))
-		var r *Reply
-		if err != nil && !errors.As(err, &r) {
-			return true, err
-		}
-		if err != nil && refused == nil {
-			refused = err
-		}
 	}
 	// The data was taken only if nothing before the chunk was refused.
 	var r *Reply
@@ -332,31 +324,44 @@ func (c *Client) envelope(commands []string) error {
 }
 
 // envelopePipelined sends the commands in one write and then reads all
-// their replies (RFC 2920); nil means the server waits for the data.
+// their replies; nil means the server waits for the data.
 func (c *Client) envelopePipelined(commands []string) error {
+	refused, dataTaken, err := c.pipeline(commands, nil)
+	if err != nil {
+		return err
+	}
+	if refused != nil && dataTaken {
+		c.broken = true
+		c.conn.Close()
+	}
+	return refused
+}
+
+// pipeline sends the commands, and then tail, in one write, and reads
+// every command's reply (RFC 2920). refused is the first refusal, lastOK
+// says whether the last command was accepted, and err is a failure of the
+// connection (no reply at all).
+func (c *Client) pipeline(commands []string, tail []byte) (refused error, lastOK bool, err error) {
 	c.buf = c.buf[:0]
 	for _, cmd := range commands {
 		c.buf = append(append(c.buf, cmd...), "\r\n"...)
 	}
+	c.buf = append(c.buf, tail...)
 	if err := c.write(); err != nil {
-		return err
+		return nil, false, err
 	}
-	var refused error // the first refusal; the later replies are read all the same
 	for _, cmd := range commands {
-		_, err := c.read(cmd, expect(cmd))
+		_, rerr := c.read(cmd, expect(cmd))
 		var r *Reply
-		if err != nil && !errors.As(err, &r) {
-			return err // no reply at all: the connection is gone
+		if rerr != nil && !errors.As(rerr, &r) {
+			return nil, false, rerr
 		}
-		if err != nil && refused == nil {
-			refused = err
+		if rerr != nil && refused == nil {
+			refused = rerr
 		}
-		if err == nil && cmd == "DATA" && refused != nil {
-			c.broken = true
-			c.conn.Close()
-		}
+		lastOK = rerr == nil
 	}
-	return refused
+	return refused, lastOK, nil
 }
 
 // Reset ends the current transaction (RSET), so that the session can

@@ -58,7 +58,10 @@ const e2eShortDomain = "short.example.com"
 // e2eMaxBytes is smtp.max_message_bytes of the test daemon: the default.
 const e2eMaxBytes = 1 << 20
 
-func newE2EDaemon(t *testing.T) *e2eDaemon {
+// newE2EDaemon starts the daemon's mail parts on a SQLite store in a
+// temporary directory, as cmd/kms wires them; options adjust the
+// processor's (a test's stand-in around the lifecycle service, say).
+func newE2EDaemon(t *testing.T, options ...func(*ProcessorOptions)) *e2eDaemon {
 	t.Helper()
 	dir := t.TempDir()
 	d := &e2eDaemon{t: t, clock: clock.NewFake(t0), log: &syncBuffer{}, maxBytes: e2eMaxBytes}
@@ -94,9 +97,13 @@ func newE2EDaemon(t *testing.T) *e2eDaemon {
 	d.roots.AddCert(d.ca.Root())
 	inter := x509.NewCertPool()
 	inter.AddCert(d.ca.Issuer())
-	d.proc = NewProcessor(ProcessorOptions{Service: d.svc, Queue: d.store, Identity: d.ca, Roots: d.roots,
+	popt := ProcessorOptions{Service: d.svc, Queue: d.store, Identity: d.ca, Roots: d.roots,
 		Intermediates: inter, Limits: smime.Limits{MaxMessageBytes: int(d.maxBytes)}, Clock: d.clock, Log: log,
-		Registerer: reg, Poll: 20 * time.Millisecond})
+		Registerer: reg, Poll: 20 * time.Millisecond}
+	for _, o := range options {
+		o(&popt)
+	}
+	d.proc = NewProcessor(popt)
 	if d.maildir, err = NewMaildir(filepath.Join(dir, "mail")); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"database/sql"
 	"encoding/json"
 	"encoding/pem"
 	"io"
@@ -222,4 +223,65 @@ func TestServeRefusesSecondDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	second.start()
+}
+
+// TestServeTakesBackClaimsAtStartUp: a message that a killed daemon had
+// claimed is taken up at once by the next one, not after its lease; and a
+// daemon that cannot give such claims back stops at start-up with an error
+// that says so, instead of serving while the message waits.
+func TestServeTakesBackClaimsAtStartUp(t *testing.T) {
+	dir := t.TempDir()
+	d := newDaemonConfig(t, dir, "")
+	d.start()
+	if err := d.stop(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(d.dataDir, "kms.db")+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	run := func(query string, args ...any) {
+		t.Helper()
+		if _, err := db.Exec(query, args...); err != nil {
+			t.Fatalf("%s: %v", query, err)
+		}
+	}
+	// A stranger's message, claimed for a day as if a worker had died
+	// with it. Processing it ends it (a stranger gets no reply).
+	now := time.Now().UnixMilli()
+	run(`INSERT INTO inbound (id, digest, mail_from, state, received_at, next_attempt_at, claimed_until)
+		VALUES (1, X'01', 'stranger@example.org', 'pending', $1, $1, $2)`, now, now+24*3600*1000)
+	run(`INSERT INTO inbound_raw (inbound_id, raw) VALUES (1, $1)`,
+		[]byte("From: stranger@example.org\r\nTo: kms@example.com\r\nSubject: hello\r\n\r\nhello\r\n"))
+	run(`CREATE TRIGGER refuse_release BEFORE UPDATE ON inbound BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, d.bin, "serve", "--config", d.config).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 ||
+		!strings.Contains(string(out), "releasing the previous run's claims") || !strings.Contains(string(out), "refused by the test") {
+		t.Fatalf("daemon that cannot release claims: exit %v, output %q; want exit 1 naming the claims and the cause", err, out)
+	}
+
+	run(`DROP TRIGGER refuse_release`)
+	d.start()
+	d.waitLog("took back messages the previous run had claimed", 10*time.Second)
+	if !strings.Contains(d.log.String(), "messages=1") {
+		t.Fatalf("start-up log does not count the one message:\n%s", d.log.String())
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var state string
+		if err := db.QueryRow(`SELECT state FROM inbound WHERE id = 1`).Scan(&state); err != nil {
+			t.Fatal(err)
+		}
+		if state != "pending" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the message taken back was not processed: it still waits for its lease")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

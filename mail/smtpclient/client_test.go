@@ -486,6 +486,44 @@ func TestAuthChallenges(t *testing.T) {
 	}
 }
 
+// TestAuthCancelUnanswered: when the "*" that cancels an exchange gets no
+// reply, client and server no longer agree on where the session is, so the
+// session is broken: the next command is refused without being sent
+// instead of reading a stray reply as its own.
+func TestAuthCancelUnanswered(t *testing.T) {
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	var mu sync.Mutex
+	var got []string
+	addr := scriptedServer(t, func(_ *textproto.Conn, line string) string {
+		mu.Lock()
+		got = append(got, line)
+		mu.Unlock()
+		switch {
+		case strings.HasPrefix(line, "EHLO"):
+			return "250-scripted\r\n250 AUTH LOGIN"
+		case strings.HasPrefix(line, "AUTH"):
+			return "334 " + b64("Something else:")
+		}
+		return "" // the "*" and anything after it: silence
+	})
+	c := connect(t, addr, 200*time.Millisecond)
+	if err := c.Auth(sasl.NewLoginClient("kms", "secret")); !errors.Is(err, sasl.ErrUnexpectedServerChallenge) {
+		t.Fatalf("AUTH LOGIN with a strange challenge: %v; want the mechanism's error", err)
+	}
+	if err := c.Noop(); !errors.Is(err, ErrBroken) {
+		t.Fatalf("NOOP after an unanswered cancel: %v; want ErrBroken", err)
+	}
+	if err := c.Auth(sasl.NewLoginClient("kms", "secret")); !errors.Is(err, ErrBroken) {
+		t.Fatalf("AUTH after an unanswered cancel: %v; want ErrBroken", err)
+	}
+	c.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"AUTH LOGIN " + b64("kms"), "*"}; !slices.Equal(got[1:], want) {
+		t.Fatalf("the server got %q; want EHLO, then %q and nothing more", got, want)
+	}
+}
+
 // TestGreetingRefused: a 4xx greeting (a server shutting down) is a
 // temporary refusal, a 5xx one final.
 func TestGreetingRefused(t *testing.T) {

@@ -2,8 +2,8 @@ package kms
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
+	"math/big"
 	"strings"
 	"time"
 )
@@ -180,12 +180,16 @@ func (s *Service) Counts(ctx context.Context) (certs map[CertState]int, users ma
 	return certs, users, rows.Err()
 }
 
-// serialOfDER is the stored serial of a DER certificate, or "" if it does
-// not parse (which then finds nothing).
+// serialOfDER is the stored serial of a DER certificate, or "" if its
+// serial cannot be read (which then finds nothing). It reads only the
+// serial: the caller compares the whole DER with the stored one, which is
+// the check that matters, and a full parse here was a second one of the
+// same certificate for every signed request.
 func serialOfDER(der []byte) string {
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
+	tbs, ok := tbsAfterVersion(der)
+	serial := new(big.Int)
+	if !ok || !tbs.ReadASN1Integer(serial) || serial.Sign() < 0 {
 		return ""
 	}
-	return SerialHex(c)
+	return serial.Text(16) // as SerialHex
 }

@@ -210,10 +210,9 @@ func (s *Service) recordIssue(ctx context.Context, tx *sql.Tx, row *certRow, cer
 // renewal needs nothing else, and parsing the whole certificate is a
 // noticeable part of a renewal's cost besides the signature.
 func publicKeyOf(der []byte) (crypto.PublicKey, error) {
-	input := cryptobyte.String(der)
-	var cert, tbs, spki cryptobyte.String
-	if !input.ReadASN1(&cert, cbasn1.SEQUENCE) || !cert.ReadASN1(&tbs, cbasn1.SEQUENCE) ||
-		!tbs.SkipOptionalASN1(cbasn1.Tag(0).Constructed().ContextSpecific()) || // version
+	tbs, ok := tbsAfterVersion(der)
+	var spki cryptobyte.String
+	if !ok ||
 		!tbs.SkipASN1(cbasn1.INTEGER) || // serialNumber
 		!tbs.SkipASN1(cbasn1.SEQUENCE) || // signature
 		!tbs.SkipASN1(cbasn1.SEQUENCE) || // issuer
@@ -223,4 +222,15 @@ func publicKeyOf(der []byte) (crypto.PublicKey, error) {
 		return nil, errors.New("malformed certificate")
 	}
 	return x509.ParsePKIXPublicKey(spki)
+}
+
+// tbsAfterVersion returns a DER certificate's TBSCertificate from its
+// serialNumber on (RFC 5280 4.1), for reading a field or two without
+// parsing the whole certificate.
+func tbsAfterVersion(der []byte) (cryptobyte.String, bool) {
+	input := cryptobyte.String(der)
+	var cert, tbs cryptobyte.String
+	ok := input.ReadASN1(&cert, cbasn1.SEQUENCE) && cert.ReadASN1(&tbs, cbasn1.SEQUENCE) &&
+		tbs.SkipOptionalASN1(cbasn1.Tag(0).Constructed().ContextSpecific()) // version
+	return tbs, ok
 }

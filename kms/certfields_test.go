@@ -1,0 +1,111 @@
+package kms
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/x509"
+	"encoding/asn1"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+)
+
+// TestCertificateFieldsWithoutParsing: serialOfDER and publicKeyOf read
+// one field of a DER certificate without parsing it, and must agree with
+// crypto/x509 on every certificate in testdata (made by OpenSSL, NSS,
+// gpgsm's CA and kms, RSA and EC, v1 without a version field among them);
+// what they cannot read gives "" or an error, never a wrong value.
+func TestCertificateFieldsWithoutParsing(t *testing.T) {
+	files, err := filepath.Glob("../testdata/smime/pki/*.pem")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no certificates in testdata: %v", err)
+	}
+	var ders [][]byte
+	for _, f := range files {
+		rest, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			var b *pem.Block
+			if b, rest = pem.Decode(rest); b == nil {
+				break
+			}
+			if b.Type == "CERTIFICATE" {
+				ders = append(ders, b.Bytes)
+			}
+		}
+	}
+	// A v1 certificate: no [0] version field before the serial; and a
+	// serial with a leading zero byte, which the hex form drops.
+	ders = append(ders, buildCert(t, ders[0], false, []byte{0x01, 0x02, 0x03}),
+		buildCert(t, ders[0], true, []byte{0x00, 0x80, 0x00, 0x01}))
+	for _, der := range ders {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := serialOfDER(der); got != SerialHex(c) {
+			t.Errorf("%s: serialOfDER = %q, crypto/x509 %q", c.Subject, got, SerialHex(c))
+		}
+		pub, err := publicKeyOf(der)
+		if err != nil {
+			t.Errorf("%s: publicKeyOf: %v", c.Subject, err)
+		} else if k, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(c.PublicKey) {
+			t.Errorf("%s: publicKeyOf gave another key than crypto/x509", c.Subject)
+		}
+	}
+	for name, der := range map[string][]byte{
+		"empty":       nil,
+		"garbage":     []byte("not a certificate"),
+		"truncated":   ders[0][:40],
+		"negative":    buildCert(t, ders[0], true, []byte{0xff, 0x01}),
+		"not an int":  bytes.Replace(ders[0], []byte{0x02}, []byte{0x04}, 1),
+		"only header": {0x30, 0x03, 0x30, 0x01, 0x00},
+	} {
+		if got := serialOfDER(der); got != "" {
+			t.Errorf("%s: serialOfDER = %q; want \"\"", name, got)
+		}
+	}
+	if _, err := publicKeyOf(ders[0][:40]); err == nil {
+		t.Error("publicKeyOf of a truncated certificate: no error")
+	}
+}
+
+// buildCert assembles a certificate from the parts of template (its issuer,
+// subject and key), with the version field only if v3 and the given serial
+// INTEGER content bytes. Its signature is not valid: parsing does not check
+// it, and nothing here verifies it.
+func buildCert(t *testing.T, template []byte, v3 bool, serial []byte) []byte {
+	t.Helper()
+	c, err := x509.ParseCertificate(template)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecdsaWithSHA256 := asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(cert *cryptobyte.Builder) {
+		cert.AddASN1(cbasn1.SEQUENCE, func(tbs *cryptobyte.Builder) {
+			if v3 {
+				tbs.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(v *cryptobyte.Builder) { v.AddASN1Int64(2) })
+			}
+			tbs.AddASN1(cbasn1.INTEGER, func(s *cryptobyte.Builder) { s.AddBytes(serial) })
+			tbs.AddASN1(cbasn1.SEQUENCE, func(alg *cryptobyte.Builder) { alg.AddASN1ObjectIdentifier(ecdsaWithSHA256) })
+			tbs.AddBytes(c.RawIssuer)
+			tbs.AddASN1(cbasn1.SEQUENCE, func(v *cryptobyte.Builder) {
+				v.AddASN1UTCTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+				v.AddASN1UTCTime(time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC))
+			})
+			tbs.AddBytes(c.RawSubject)
+			tbs.AddBytes(c.RawSubjectPublicKeyInfo)
+		})
+		cert.AddASN1(cbasn1.SEQUENCE, func(alg *cryptobyte.Builder) { alg.AddASN1ObjectIdentifier(ecdsaWithSHA256) })
+		cert.AddASN1BitString([]byte{0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01})
+	})
+	return b.BytesOrPanic()
+}

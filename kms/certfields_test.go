@@ -6,7 +6,9 @@ import (
 	"crypto/x509"
 	"encoding/asn1"
 	"encoding/pem"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -17,9 +19,11 @@ import (
 
 // TestCertificateFieldsWithoutParsing: serialOfDER and publicKeyOf read
 // one field of a DER certificate without parsing it, and must agree with
-// crypto/x509 on every certificate in testdata (made by OpenSSL, NSS,
-// gpgsm's CA and kms, RSA and EC, v1 without a version field among them);
-// what they cannot read gives "" or an error, never a wrong value.
+// crypto/x509 on every certificate of testdata's test PKI (RSA and EC, CAs
+// and users), on certificates OpenSSL makes (when it is installed, as in
+// CI), on a v1 certificate, which has no version field, and on a serial
+// with a leading zero byte; what they cannot read gives "" or an error,
+// never a wrong value.
 func TestCertificateFieldsWithoutParsing(t *testing.T) {
 	files, err := filepath.Glob("../testdata/smime/pki/*.pem")
 	if err != nil || len(files) == 0 {
@@ -39,6 +43,25 @@ func TestCertificateFieldsWithoutParsing(t *testing.T) {
 			if b.Type == "CERTIFICATE" {
 				ders = append(ders, b.Bytes)
 			}
+		}
+	}
+	if _, err := exec.LookPath("openssl"); err == nil {
+		dir := t.TempDir()
+		for i, args := range [][]string{
+			{"-newkey", "rsa:2048", "-set_serial", "0x7fffffffffffffffffffffffffffffffffffffff"},
+			{"-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384", "-set_serial", "1"},
+		} {
+			out := filepath.Join(dir, fmt.Sprint(i))
+			args = append([]string{"req", "-x509", "-nodes", "-subj", "/CN=openssl@example.com", "-days", "1",
+				"-keyout", out + ".key", "-outform", "DER", "-out", out}, args...)
+			if msg, err := exec.Command("openssl", args...).CombinedOutput(); err != nil {
+				t.Fatalf("openssl %v: %v\n%s", args, err, msg)
+			}
+			der, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ders = append(ders, der)
 		}
 	}
 	// A v1 certificate: no [0] version field before the serial; and a

@@ -17,12 +17,18 @@ lint:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./kms/ ./kms/ca/ ./mail/...
 
-# Each fuzz target for a while; new interesting inputs land in testdata/fuzz.
+# Each fuzz target for a while. New interesting inputs stay in Go's cache
+# ($(go env GOCACHE)/fuzz); a failing one lands in the package's testdata/fuzz,
+# which every go test runs. Copy the cache's inputs there to keep them.
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseDuration -fuzztime 60s ./policy/
 	$(GO) test -run '^$$' -fuzz FuzzNormalize -fuzztime 60s ./enroll/
 	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime 60s ./config/
 	$(GO) test -run '^$$' -fuzz FuzzServerReplies -fuzztime 60s ./mail/smtpclient/
+	$(GO) test -run '^$$' -fuzz FuzzCertificateFields -fuzztime 60s ./internal/certder/
+	for t in FuzzParseRequest FuzzVerify FuzzParseCMS FuzzParseCSR FuzzSignedData; do \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime 60s ./mail/smime/ || exit 1; \
+	done
 
 run:
 	$(GO) run ./cmd/kms serve

@@ -3,9 +3,10 @@ package kms
 import (
 	"context"
 	"fmt"
-	"math/big"
 	"strings"
 	"time"
+
+	"github.com/kmsmail/kms/internal/certder"
 )
 
 // UserDetail is a user with their certificates, newest first.
@@ -134,7 +135,7 @@ func (s *Service) GetCert(ctx context.Context, serial string) (*Certificate, err
 // CertForSigner finds the tracked certificate whose DER is der, the check a
 // renewal request's signer must pass ("a certificate this KMS tracks").
 func (s *Service) CertForSigner(ctx context.Context, der []byte) (*Certificate, error) {
-	c, err := s.store.certBySerial(ctx, s.store.q(nil), serialOfDER(der), false)
+	c, err := s.store.certBySerial(ctx, s.store.q(nil), certder.SerialHex(der), false)
 	if err != nil {
 		return nil, err
 	}
@@ -178,18 +179,4 @@ func (s *Service) Counts(ctx context.Context) (certs map[CertState]int, users ma
 		users[UserState(st)] = n
 	}
 	return certs, users, rows.Err()
-}
-
-// serialOfDER is the stored serial of a DER certificate, or "" if its
-// serial cannot be read (which then finds nothing). It reads only the
-// serial: the caller compares the whole DER with the stored one, which is
-// the check that matters, and a full parse here was a second one of the
-// same certificate for every signed request.
-func serialOfDER(der []byte) string {
-	tbs, ok := tbsAfterVersion(der)
-	serial := new(big.Int)
-	if !ok || !tbs.ReadASN1Integer(serial) || serial.Sign() < 0 {
-		return ""
-	}
-	return serial.Text(16) // as SerialHex
 }

@@ -11,10 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kmsmail/kms/internal/certder"
 	"github.com/kmsmail/kms/kms/ca"
 	"github.com/kmsmail/kms/policy"
-	"golang.org/x/crypto/cryptobyte"
-	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // Renew issues a same-key successor to the current certificate serial, as
@@ -56,7 +55,7 @@ func (s *Service) renew(ctx context.Context, serial string, newKey crypto.Public
 			return nil, s.refused(ctx, req.Actor, op, u.Email, serial,
 				fmt.Errorf("key certified since %s: %w", old.KeySince.Format("2006-01-02"), ErrRekeyRequired))
 		}
-		key, err := publicKeyOf(old.DER)
+		key, err := certder.PublicKey(old.DER)
 		if err != nil {
 			return nil, fmt.Errorf("certificate %s: stored DER unreadable: %w", serial, err)
 		}
@@ -205,32 +204,3 @@ func (s *Service) recordIssue(ctx context.Context, tx *sql.Tx, row *certRow, cer
 
 // oneRow turns an UPDATE that matched no row into ErrConflict: the row
 // changed between the read and the transaction.
-
-// publicKeyOf reads only the public key of a DER certificate: same-key
-// renewal needs nothing else, and parsing the whole certificate is a
-// noticeable part of a renewal's cost besides the signature.
-func publicKeyOf(der []byte) (crypto.PublicKey, error) {
-	tbs, ok := tbsAfterVersion(der)
-	var spki cryptobyte.String
-	if !ok ||
-		!tbs.SkipASN1(cbasn1.INTEGER) || // serialNumber
-		!tbs.SkipASN1(cbasn1.SEQUENCE) || // signature
-		!tbs.SkipASN1(cbasn1.SEQUENCE) || // issuer
-		!tbs.SkipASN1(cbasn1.SEQUENCE) || // validity
-		!tbs.SkipASN1(cbasn1.SEQUENCE) || // subject
-		!tbs.ReadASN1Element(&spki, cbasn1.SEQUENCE) {
-		return nil, errors.New("malformed certificate")
-	}
-	return x509.ParsePKIXPublicKey(spki)
-}
-
-// tbsAfterVersion returns a DER certificate's TBSCertificate from its
-// serialNumber on (RFC 5280 4.1), for reading a field or two without
-// parsing the whole certificate.
-func tbsAfterVersion(der []byte) (cryptobyte.String, bool) {
-	input := cryptobyte.String(der)
-	var cert, tbs cryptobyte.String
-	ok := input.ReadASN1(&cert, cbasn1.SEQUENCE) && cert.ReadASN1(&tbs, cbasn1.SEQUENCE) &&
-		tbs.SkipOptionalASN1(cbasn1.Tag(0).Constructed().ContextSpecific()) // version
-	return tbs, ok
-}

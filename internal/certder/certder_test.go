@@ -1,4 +1,4 @@
-package kms
+package certder
 
 import (
 	"bytes"
@@ -17,7 +17,7 @@ import (
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
-// TestCertificateFieldsWithoutParsing: serialOfDER and publicKeyOf read
+// TestCertificateFieldsWithoutParsing: SerialHex and PublicKey read
 // one field of a DER certificate without parsing it, and must agree with
 // crypto/x509 on every certificate of testdata's test PKI (RSA and EC, CAs
 // and users), on certificates OpenSSL makes (when it is installed, as in
@@ -25,7 +25,7 @@ import (
 // with a leading zero byte; what they cannot read gives "" or an error,
 // never a wrong value.
 func TestCertificateFieldsWithoutParsing(t *testing.T) {
-	files, err := filepath.Glob("../testdata/smime/pki/*.pem")
+	files, err := filepath.Glob("../../testdata/smime/pki/*.pem")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no certificates in testdata: %v", err)
 	}
@@ -73,14 +73,14 @@ func TestCertificateFieldsWithoutParsing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := serialOfDER(der); got != SerialHex(c) {
-			t.Errorf("%s: serialOfDER = %q, crypto/x509 %q", c.Subject, got, SerialHex(c))
+		if got := SerialHex(der); got != fmt.Sprintf("%x", c.SerialNumber) {
+			t.Errorf("%s: SerialHex = %q, crypto/x509 %q", c.Subject, got, fmt.Sprintf("%x", c.SerialNumber))
 		}
-		pub, err := publicKeyOf(der)
+		pub, err := PublicKey(der)
 		if err != nil {
-			t.Errorf("%s: publicKeyOf: %v", c.Subject, err)
+			t.Errorf("%s: PublicKey: %v", c.Subject, err)
 		} else if k, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(c.PublicKey) {
-			t.Errorf("%s: publicKeyOf gave another key than crypto/x509", c.Subject)
+			t.Errorf("%s: PublicKey gave another key than crypto/x509", c.Subject)
 		}
 	}
 	for name, der := range map[string][]byte{
@@ -91,12 +91,12 @@ func TestCertificateFieldsWithoutParsing(t *testing.T) {
 		"not an int":  bytes.Replace(ders[0], []byte{0x02}, []byte{0x04}, 1),
 		"only header": {0x30, 0x03, 0x30, 0x01, 0x00},
 	} {
-		if got := serialOfDER(der); got != "" {
-			t.Errorf("%s: serialOfDER = %q; want \"\"", name, got)
+		if got := SerialHex(der); got != "" {
+			t.Errorf("%s: SerialHex = %q; want \"\"", name, got)
 		}
 	}
-	if _, err := publicKeyOf(ders[0][:40]); err == nil {
-		t.Error("publicKeyOf of a truncated certificate: no error")
+	if _, err := PublicKey(ders[0][:40]); err == nil {
+		t.Error("PublicKey of a truncated certificate: no error")
 	}
 }
 
@@ -131,4 +131,38 @@ func buildCert(t *testing.T, template []byte, v3 bool, serial []byte) []byte {
 		cert.AddASN1BitString([]byte{0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01})
 	})
 	return b.BytesOrPanic()
+}
+
+// FuzzCertificateFields: whatever the bytes, SerialHex and PublicKey
+// do not panic, and on anything crypto/x509 accepts as a certificate they
+// give what it gives. (On what it refuses they may still read a serial:
+// the lookup then compares the whole DER with the stored one.)
+func FuzzCertificateFields(f *testing.F) {
+	files, _ := filepath.Glob("../../testdata/smime/pki/*.pem")
+	for _, name := range files {
+		rest, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		for b, rest := pem.Decode(rest); b != nil; b, rest = pem.Decode(rest) {
+			f.Add(b.Bytes)
+		}
+	}
+	f.Fuzz(func(t *testing.T, der []byte) {
+		serial := SerialHex(der)
+		pub, pubErr := PublicKey(der)
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return
+		}
+		if serial != fmt.Sprintf("%x", c.SerialNumber) {
+			t.Errorf("SerialHex = %q, crypto/x509 %q", serial, fmt.Sprintf("%x", c.SerialNumber))
+		}
+		if pubErr != nil {
+			t.Fatalf("PublicKey: %v, but crypto/x509 parses the certificate", pubErr)
+		}
+		if k, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(c.PublicKey) {
+			t.Errorf("PublicKey gave another key than crypto/x509")
+		}
+	})
 }

@@ -10,18 +10,18 @@ import (
 	"github.com/kmsmail/kms/kms"
 )
 
-// lookupFailsOnce is the lifecycle service with one store failure: its
-// first CertForSigner call fails as a lost database connection would.
-// Everything else, and every later call, is the real service.
+// lookupFailsOnce is the lifecycle service with one store failure: once
+// armed, its next CertForSigner call fails as a lost database connection
+// would. Everything else, and every other call, is the real service.
 type lookupFailsOnce struct {
 	Lifecycle
-	failed atomic.Bool
+	armed atomic.Bool
 }
 
 var errStoreDown = errors.New("store: connection lost (injected)")
 
 func (l *lookupFailsOnce) CertForSigner(ctx context.Context, raw []byte) (*kms.Certificate, error) {
-	if l.failed.CompareAndSwap(false, true) {
+	if l.armed.CompareAndSwap(true, false) {
 		return nil, errStoreDown
 	}
 	return l.Lifecycle.CertForSigner(ctx, raw)
@@ -36,13 +36,12 @@ func TestSignerLookupStoreErrorIsRetried(t *testing.T) {
 	var svc *lookupFailsOnce
 	d := newE2EDaemon(t, func(o *ProcessorOptions) {
 		svc = &lookupFailsOnce{Lifecycle: o.Service}
-		svc.failed.Store(true) // not yet: enrollment first
 		o.Service = svc
 	})
 	u := d.invite("alice@example.com")
 	d.enroll(u)
 	m := d.mark()
-	svc.failed.Store(false)
+	svc.armed.Store(true)
 	if r := d.send(u.email, nil, d.renewal(u, "")); r.data != 250 {
 		t.Fatalf("renewal: SMTP %+v", r)
 	}

@@ -30,7 +30,9 @@ func SerialHex(der []byte) string {
 }
 
 // PublicKey returns a certificate's subject public key, parsed as
-// crypto/x509 parses it.
+// x509.ParsePKIXPublicKey parses it: a key of an algorithm crypto/x509 does
+// not know is an error here, where x509.ParseCertificate would return the
+// certificate with a nil key.
 func PublicKey(der []byte) (crypto.PublicKey, error) {
 	tbs, ok := afterVersion(der)
 	var spki cryptobyte.String

@@ -25,26 +25,7 @@ import (
 // with a leading zero byte; what they cannot read gives "" or an error,
 // never a wrong value.
 func TestCertificateFieldsWithoutParsing(t *testing.T) {
-	files, err := filepath.Glob("../../testdata/smime/pki/*.pem")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no certificates in testdata: %v", err)
-	}
-	var ders [][]byte
-	for _, f := range files {
-		rest, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for {
-			var b *pem.Block
-			if b, rest = pem.Decode(rest); b == nil {
-				break
-			}
-			if b.Type == "CERTIFICATE" {
-				ders = append(ders, b.Bytes)
-			}
-		}
-	}
+	ders := pkiCertificates(t)
 	if _, err := exec.LookPath("openssl"); err == nil {
 		dir := t.TempDir()
 		for i, args := range [][]string{
@@ -69,26 +50,20 @@ func TestCertificateFieldsWithoutParsing(t *testing.T) {
 	ders = append(ders, buildCert(t, ders[0], false, []byte{0x01, 0x02, 0x03}),
 		buildCert(t, ders[0], true, []byte{0x00, 0x80, 0x00, 0x01}))
 	for _, der := range ders {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
+		if _, err := x509.ParseCertificate(der); err != nil {
+			t.Fatalf("a test certificate crypto/x509 refuses: %v", err)
 		}
-		if got := SerialHex(der); got != fmt.Sprintf("%x", c.SerialNumber) {
-			t.Errorf("%s: SerialHex = %q, crypto/x509 %q", c.Subject, got, fmt.Sprintf("%x", c.SerialNumber))
-		}
-		pub, err := PublicKey(der)
-		if err != nil {
-			t.Errorf("%s: PublicKey: %v", c.Subject, err)
-		} else if k, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(c.PublicKey) {
-			t.Errorf("%s: PublicKey gave another key than crypto/x509", c.Subject)
+		if err := agreesWithX509(der); err != nil {
+			t.Error(err)
 		}
 	}
 	for name, der := range map[string][]byte{
-		"empty":       nil,
-		"garbage":     []byte("not a certificate"),
-		"truncated":   ders[0][:40],
-		"negative":    buildCert(t, ders[0], true, []byte{0xff, 0x01}),
-		"not an int":  bytes.Replace(ders[0], []byte{0x02}, []byte{0x04}, 1),
+		"empty":     nil,
+		"garbage":   []byte("not a certificate"),
+		"truncated": ders[0][:40],
+		"negative":  buildCert(t, ders[0], true, []byte{0xff, 0x01}),
+		// The serial (INTEGER 1, the first 02 01 01) as an OCTET STRING.
+		"not an int":  bytes.Replace(buildCert(t, ders[0], true, []byte{0x01}), []byte{0x02, 0x01, 0x01}, []byte{0x04, 0x01, 0x01}, 1),
 		"only header": {0x30, 0x03, 0x30, 0x01, 0x00},
 	} {
 		if got := SerialHex(der); got != "" {
@@ -138,31 +113,67 @@ func buildCert(t *testing.T, template []byte, v3 bool, serial []byte) []byte {
 // give what it gives. (On what it refuses they may still read a serial:
 // the lookup then compares the whole DER with the stored one.)
 func FuzzCertificateFields(f *testing.F) {
-	files, _ := filepath.Glob("../../testdata/smime/pki/*.pem")
+	for _, der := range pkiCertificates(f) {
+		f.Add(der)
+	}
+	f.Fuzz(func(t *testing.T, der []byte) {
+		if err := agreesWithX509(der); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// agreesWithX509 says how SerialHex or PublicKey differ from crypto/x509 on
+// der, if crypto/x509 parses it as a certificate; nil if they agree or it
+// does not. Either reader is still run on input crypto/x509 refuses, to
+// catch a panic.
+func agreesWithX509(der []byte) error {
+	serial := SerialHex(der)
+	pub, pubErr := PublicKey(der)
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil
+	}
+	if want := fmt.Sprintf("%x", c.SerialNumber); serial != want {
+		return fmt.Errorf("%s: SerialHex = %q, crypto/x509 %q", c.Subject, serial, want)
+	}
+	if c.PublicKey == nil {
+		// crypto/x509 parses a certificate whose key algorithm it does not
+		// know, leaving its key nil; PublicKey, like x509.ParsePKIXPublicKey,
+		// refuses such a key (kms certifies none).
+		if pubErr == nil {
+			return fmt.Errorf("%s: PublicKey = %T for a key algorithm crypto/x509 does not know", c.Subject, pub)
+		}
+		return nil
+	}
+	if pubErr != nil {
+		return fmt.Errorf("%s: PublicKey: %v, but crypto/x509 parses the certificate and its key", c.Subject, pubErr)
+	}
+	if k, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(c.PublicKey) {
+		return fmt.Errorf("%s: PublicKey gave another key than crypto/x509", c.Subject)
+	}
+	return nil
+}
+
+// pkiCertificates returns the DER of every certificate in testdata's test
+// PKI.
+func pkiCertificates(tb testing.TB) [][]byte {
+	tb.Helper()
+	files, err := filepath.Glob("../../testdata/smime/pki/*.pem")
+	if err != nil || len(files) == 0 {
+		tb.Fatalf("no certificates in testdata: %v", err)
+	}
+	var ders [][]byte
 	for _, name := range files {
 		rest, err := os.ReadFile(name)
 		if err != nil {
-			f.Fatal(err)
+			tb.Fatal(err)
 		}
 		for b, rest := pem.Decode(rest); b != nil; b, rest = pem.Decode(rest) {
-			f.Add(b.Bytes)
+			if b.Type == "CERTIFICATE" {
+				ders = append(ders, b.Bytes)
+			}
 		}
 	}
-	f.Fuzz(func(t *testing.T, der []byte) {
-		serial := SerialHex(der)
-		pub, pubErr := PublicKey(der)
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return
-		}
-		if serial != fmt.Sprintf("%x", c.SerialNumber) {
-			t.Errorf("SerialHex = %q, crypto/x509 %q", serial, fmt.Sprintf("%x", c.SerialNumber))
-		}
-		if pubErr != nil {
-			t.Fatalf("PublicKey: %v, but crypto/x509 parses the certificate", pubErr)
-		}
-		if k, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(c.PublicKey) {
-			t.Errorf("PublicKey gave another key than crypto/x509")
-		}
-	})
+	return ders
 }

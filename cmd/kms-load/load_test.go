@@ -346,14 +346,20 @@ func TestNewReport(t *testing.T) {
 	if want := 20.0 / 750; math.Abs(r.SignShare-want) > 1e-9 {
 		t.Errorf("signature share %v, want %v", r.SignShare, want)
 	}
+	if r.OtherMs != 730 {
+		t.Errorf("other work %v ms a renewal, want 730 (750 less the signatures' 20)", r.OtherMs)
+	}
 	text.Reset()
 	r.print(&text)
 	if !strings.Contains(text.String(), "signature share: 2.7% of the daemon's CPU a renewal is its 2 signatures (20.000 ms at the raw rate)") {
 		t.Errorf("no signature share line:\n%s", text.String())
 	}
+	if !strings.Contains(text.String(), "other work:      730.000 ms of the daemon's CPU a renewal beside its signatures") {
+		t.Errorf("no other work line:\n%s", text.String())
+	}
 	o.CPU.End.daemonOK = false
-	if r := newReport(o, options{}, "keys", 2, 300, 100); r.KMSCPU != nil || r.SignShare != 0 {
-		t.Errorf("kms CPU %+v, signature share %v without a daemon process; want none", r.KMSCPU, r.SignShare)
+	if r := newReport(o, options{}, "keys", 2, 300, 100); r.KMSCPU != nil || r.SignShare != 0 || r.OtherMs != 0 {
+		t.Errorf("kms CPU %+v, signature share %v, other work %v without a daemon process; want none", r.KMSCPU, r.SignShare, r.OtherMs)
 	}
 }
 

@@ -61,7 +61,9 @@
 // throughput, and the latency mostly time queued inside it. The report
 // gives the CPU time that this process (user + system, from getrusage)
 // and, with --spawn or --daemon-pid, the daemon (from /proc/PID/stat) used
-// in the window, as cores and as milliseconds per renewal; --cpuprofile
+// in the window, as cores and as milliseconds per renewal, and splits the
+// daemon's into its signatures (at the raw rate) and the other work, the
+// part that code changes move and a busy host inflates most; --cpuprofile
 // writes this process's CPU profile of the window.
 //
 // With --spawn it starts `kms serve` itself (building it unless --kms names

@@ -92,7 +92,13 @@ type report struct {
 	// not known). It is the ratio the daemon would reach with every CPU to
 	// itself: the generator's share of the CPUs, and any idle time, are
 	// what separate it from Ratio.
-	SignShare  float64 `json:"daemon_signature_share,omitempty"`
+	SignShare float64 `json:"daemon_signature_share,omitempty"`
+	// OtherMs is the rest of the daemon's CPU a renewal, in milliseconds:
+	// everything but the signatures (at the raw rate). It is what a change
+	// to the code around the signatures moves, and what a host busy with
+	// other tenants inflates most (HACKING.md, "Performance"), so builds
+	// are compared by it as much as by Ratio.
+	OtherMs    float64 `json:"daemon_other_cpu_ms_per_renewal,omitempty"`
 	LoadBefore string  `json:"loadavg_before"`
 	LoadAfter  string  `json:"loadavg_after"`
 }
@@ -154,6 +160,7 @@ func newReport(o *outcome, opt options, keys string, workers int, before, after 
 		r.KMSCPU = &u
 		if r.Bound > 0 && u.MsPerRenewal > 0 {
 			r.SignShare = r.signMsPerRenewal() / u.MsPerRenewal
+			r.OtherMs = u.MsPerRenewal - r.signMsPerRenewal()
 		}
 	}
 	return r
@@ -189,6 +196,7 @@ func (r report) print(w io.Writer) {
 		if r.SignShare > 0 {
 			fmt.Fprintf(w, "signature share: %.1f%% of the daemon's CPU a renewal is its %d signatures (%.3f ms at the raw rate): the ratio it would reach with the CPUs to itself\n",
 				100*r.SignShare, signaturesPerRenewal, r.signMsPerRenewal())
+			fmt.Fprintf(w, "other work:      %.3f ms of the daemon's CPU a renewal beside its signatures: what the code around them costs\n", r.OtherMs)
 		}
 	} else {
 		fmt.Fprintf(w, "CPU, kms:        not measured (its process is not known: use --spawn or --daemon-pid)\n")

@@ -76,6 +76,7 @@ type outcome struct {
 	Renewals  int             // renewal replies received and verified
 	Elapsed   time.Duration   // the timed window: the first renewal sent to the last reply in
 	Latencies []time.Duration // per renewal: the SMTP 250 to the reply's arrival
+	Arrivals  []time.Time     // per renewal: when its reply arrived, in the order seen
 	Enrolled  int
 	// Retries counts SMTP transactions tried again after a failure (the
 	// connection refused or cut, a 4xx): 0 unless the daemon failed or
@@ -143,6 +144,7 @@ type generator struct {
 	got       int
 	retries   int // SMTP transactions tried again
 	latencies []time.Duration
+	arrivals  []time.Time
 	last      time.Time // the last renewal reply's arrival
 }
 
@@ -214,7 +216,7 @@ func runLoad(ctx context.Context, t target, o options) (*outcome, error) {
 	}
 	out.CPU = cpuWindow{Start: w.start, End: w.end}
 	g.mu.Lock()
-	out.Latencies = g.latencies
+	out.Latencies, out.Arrivals = g.latencies, g.arrivals
 	out.Elapsed = g.last.Sub(w.start.at)
 	n := len(g.reqs)
 	g.mu.Unlock()
@@ -479,6 +481,7 @@ func (g *generator) complete(r *request) {
 	u.left--
 	if r.renewal {
 		g.latencies = append(g.latencies, max(r.arrived.Sub(r.sent), 0))
+		g.arrivals = append(g.arrivals, r.arrived)
 		if r.arrived.After(g.last) {
 			g.last = r.arrived
 		}

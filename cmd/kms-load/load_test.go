@@ -317,14 +317,21 @@ func TestPercentile(t *testing.T) {
 func TestNewReport(t *testing.T) {
 	t0 := time.Now()
 	o := &outcome{Renewals: 4, Elapsed: 2 * time.Second, Latencies: []time.Duration{4, 1, 3, 2}, Retries: 3, Redeliveries: 1,
+		Arrivals: []time.Time{t0.Add(10 * time.Millisecond), t0.Add(30 * time.Millisecond), t0.Add(25 * time.Millisecond), t0.Add(100 * time.Millisecond)},
 		CPU: cpuWindow{Start: cpuSample{at: t0, self: time.Second, daemon: 5 * time.Second, daemonOK: true},
 			End: cpuSample{at: t0.Add(2 * time.Second), self: 1200 * time.Millisecond, daemon: 8 * time.Second, daemonOK: true}}}
 	r := newReport(o, options{Users: 2, Concurrency: 1}, "keys", 2, 100, 200)
 	if r.PerSecond != 2 || r.Bound != 100 || r.Ratio != 0.02 {
 		t.Fatalf("rate %v, bound %v, ratio %v; want 2, 100 (the faster of 100 and 200, halved), 0.02", r.PerSecond, r.Bound, r.Ratio)
 	}
+	if r.LongestPauseMs != 70 {
+		t.Errorf("longest pause %v ms, want 70 (from 30 to 100 ms; arrivals out of order are sorted)", r.LongestPauseMs)
+	}
 	var text strings.Builder
 	r.print(&text)
+	if !strings.Contains(text.String(), "longest pause:   70.0 ms between two replies") {
+		t.Errorf("no longest pause line:\n%s", text.String())
+	}
 	if !strings.Contains(text.String(), "warning:") {
 		t.Errorf("signing rates 100 and 200 without a warning:\n%s", text.String())
 	}

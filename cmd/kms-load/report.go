@@ -70,8 +70,13 @@ type report struct {
 	PerSecond   float64 `json:"renewals_per_second"`
 	P50ms       float64 `json:"p50_ms"`
 	P99ms       float64 `json:"p99_ms"`
-	RepliesVia  string  `json:"replies_via"`
-	Verified    string  `json:"verified"`
+	// LongestPauseMs is the longest time in the window between two
+	// replies: the daemon's pipeline stalling (a lost wake-up left to a
+	// poll tick, a commit stuck on the disk) shows there, where uniform
+	// slowness does not.
+	LongestPauseMs float64 `json:"longest_pause_ms"`
+	RepliesVia     string  `json:"replies_via"`
+	Verified       string  `json:"verified"`
 	// Retries counts SMTP transactions sent again after a failure;
 	// Redeliveries, replies received again (same Message-ID and
 	// certificate). Both are 0 unless the daemon failed during the run.
@@ -142,6 +147,7 @@ func newReport(o *outcome, opt options, keys string, workers int, before, after 
 		P50ms: ms(percentile(lat, 0.50)), P99ms: ms(percentile(lat, 0.99)), Verified: verifiedAfter,
 		SignKeys: keys, SignWorkers: workers, SignRateBefore: before, SignRateAfter: after,
 		Retries: o.Retries, Redeliveries: o.Redeliveries}
+	r.LongestPauseMs = ms(longestPause(o.Arrivals))
 	if o.Elapsed > 0 {
 		r.PerSecond = float64(o.Renewals) / o.Elapsed.Seconds()
 	}
@@ -173,6 +179,17 @@ func (r report) signMsPerRenewal() float64 {
 	return signaturesPerRenewal * float64(r.SignWorkers) * 1000 / (signaturesPerRenewal * r.Bound)
 }
 
+// longestPause is the longest time between two consecutive arrivals.
+func longestPause(arrivals []time.Time) time.Duration {
+	sorted := slices.Clone(arrivals)
+	slices.SortFunc(sorted, time.Time.Compare)
+	var longest time.Duration
+	for i := 1; i < len(sorted); i++ {
+		longest = max(longest, sorted[i].Sub(sorted[i-1]))
+	}
+	return longest
+}
+
 // ms is d in milliseconds, fractions kept.
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
@@ -181,6 +198,7 @@ func (r report) print(w io.Writer) {
 	fmt.Fprintf(w, "renewals:        %d by %d users over %d SMTP connections in %.2fs\n", r.Renewals, r.Users, r.Concurrency, r.Seconds)
 	fmt.Fprintf(w, "rate:            %.1f renewals/s\n", r.PerSecond)
 	fmt.Fprintf(w, "latency:         p50 %.1f ms, p99 %.1f ms (SMTP 250 to the reply at %s)\n", r.P50ms, r.P99ms, r.RepliesVia)
+	fmt.Fprintf(w, "longest pause:   %.1f ms between two replies in the window (a stalled daemon shows here)\n", r.LongestPauseMs)
 	fmt.Fprintf(w, "checks:          %d replies verified %s\n", r.Renewals, r.Verified)
 	fmt.Fprintf(w, "retries:         %d (SMTP transactions sent again after a failure); redeliveries: %d (replies received again, same Message-ID and certificate)\n",
 		r.Retries, r.Redeliveries)

@@ -22,7 +22,7 @@ bench:
 # which every go test runs. Copy the cache's inputs there to keep them.
 # A target that ends in "context deadline exceeded" with no new file in
 # testdata/fuzz found nothing: that is a race in Go's fuzzing coordinator
-# at the -fuzztime deadline (golang/go#75804, fixed in Go 1.27), seen here
+# at the -fuzztime deadline (golang/go#75804, reported fixed in Go 1.27), seen here
 # with go1.26.8 on a 10-minute run of FuzzParseCMS; run it again.
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseDuration -fuzztime 60s ./policy/

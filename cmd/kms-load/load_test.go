@@ -364,6 +364,10 @@ func TestNewReport(t *testing.T) {
 	if !strings.Contains(text.String(), "other work:      730.000 ms of the daemon's CPU a renewal beside its signatures") {
 		t.Errorf("no other work line:\n%s", text.String())
 	}
+	o.Arrivals = o.Arrivals[:1]
+	if r := newReport(o, options{}, "keys", 2, 100, 100); r.LongestPauseMs != 0 {
+		t.Errorf("longest pause %v ms with one reply, want 0", r.LongestPauseMs)
+	}
 	o.CPU.End.daemonOK = false
 	if r := newReport(o, options{}, "keys", 2, 300, 100); r.KMSCPU != nil || r.SignShare != 0 || r.OtherMs != 0 {
 		t.Errorf("kms CPU %+v, signature share %v, other work %v without a daemon process; want none", r.KMSCPU, r.SignShare, r.OtherMs)
